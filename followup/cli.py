@@ -1,0 +1,229 @@
+"""The `followup` command: listen, worker, flower, schedule, callback, dead, dev."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+
+import click
+
+from followup.config import Settings, settings
+from followup.durations import parse_duration
+from followup.errors import ConfigError
+
+CELERY_APP = "followup.celery_app"
+# Waiting jobs cost a greenlet each, not a process: a worker can hold many at once.
+DEFAULT_GEVENT_CONCURRENCY = 1000
+PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+def load_settings() -> Settings:
+    """The settings, or exit with status 2 and one line that says what is wrong."""
+    try:
+        return settings()
+    except ConfigError as exc:
+        click.echo(f"followup: configuration error: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.version_option(package_name="followup")
+def main() -> None:
+    """followup turns Redis key expirations into reliable webhook / channel jobs on Celery."""
+
+
+@main.command()
+def listen() -> None:
+    """Turn expired-key events into Celery jobs (one process is enough; see README)."""
+    from followup.listener import Listener, celery_enqueue
+    from followup.logs import setup_logging
+    from followup.notifications import NotificationsOff
+
+    config = load_settings()
+    setup_logging(config)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        Listener(config, celery_enqueue(config)).run(stop)
+    except NotificationsOff as exc:
+        click.echo(f"followup listen: {exc}", err=True)
+        sys.exit(2)
+    click.echo("followup listen: stopped", err=True)
+
+
+@main.command(context_settings=PASS_THROUGH)
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run a Celery worker for followup's queue; further arguments go to `celery worker`.
+
+    The default pool is gevent with 1000 slots (WORKER_CONCURRENCY or --concurrency change it):
+    a job waiting for its callback holds a greenlet, not a process.
+    """
+    config = load_settings()
+    extra = list(ctx.args)
+    argv = ["worker", "--queues", config.queue_name, "--events", "--loglevel", "DEBUG" if config.debug else "INFO"]
+    if not _has_option(extra, "-P", "--pool"):
+        argv += ["--pool", "gevent"]
+        if not _has_option(extra, "-c", "--concurrency") and not config.worker_concurrency:
+            argv += ["--concurrency", str(DEFAULT_GEVENT_CONCURRENCY)]
+    _exec_celery(argv + extra)
+
+
+@main.command(context_settings=PASS_THROUGH)
+@click.pass_context
+def flower(ctx: click.Context) -> None:
+    """Run Flower for followup on port 5555 (FLOWER_BASIC_AUTH protects it)."""
+    config = load_settings()
+    if not config.flower_basic_auth:
+        click.echo(
+            "followup flower: FLOWER_BASIC_AUTH is not set: the dashboard is open to anyone who can reach its port",
+            err=True,
+        )
+    # Flower reads FLOWER_BASIC_AUTH from the environment itself; passing it as an argument
+    # would show the password in `ps`.
+    _exec_celery(["flower", *ctx.args])
+
+
+@main.command()
+@click.argument("key")
+@click.option(
+    "--in", "delay", required=True, metavar="DURATION", help="when to follow up: 30s, 5m, 1h, or bare milliseconds"
+)
+@click.option("--payload", metavar="JSON", help="JSON stored as the key's value (default: null)")
+def schedule(key: str, delay: str, payload: str | None) -> None:
+    """Write KEY with a TTL, so that its expiration triggers a follow-up."""
+    from followup.connections import redis_client
+
+    config = load_settings()
+    try:
+        seconds = parse_duration(delay, "--in")
+    except ConfigError as exc:
+        raise click.BadParameter(exc.expected, param_hint="--in") from None
+    if seconds <= 0:
+        raise click.BadParameter("a duration above 0", param_hint="--in")
+    if payload is not None:
+        try:
+            json.loads(payload)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON ({exc})", param_hint="--payload") from None
+    rule = config.mapping.match(key)
+    value = payload if payload is not None else "null"
+    redis_client(config.redis_url).set(key, value, px=max(1, round(seconds * 1000)))
+    due = datetime.fromtimestamp(datetime.now(UTC).timestamp() + seconds, UTC)
+    click.echo(f"scheduled {key!r}, due {due.isoformat(timespec='milliseconds')}")
+    if rule is None:
+        click.echo(
+            f"warning: no rule in KEY_WEBHOOK_MAPPING matches {key!r}: it will expire without a follow-up", err=True
+        )
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--status", default="success", show_default=True)
+@click.option("--error", default=None, help="an error text to send with a status other than success")
+def callback(job_id: str, status: str, error: str | None) -> None:
+    """Confirm (or fail) a job by hand, as a flow would, on CALLBACK_CHANNEL."""
+    from followup.connections import redis_client
+
+    config = load_settings()
+    message = {"jobId": job_id, "status": status}
+    if error:
+        message["error"] = error
+    receivers = redis_client(config.redis_url).publish(config.callback_channel, json.dumps(message))
+    click.echo(f"published on {config.callback_channel!r} to {receivers} worker process(es)")
+
+
+@main.group()
+def dead() -> None:
+    """Jobs that ran out of attempts."""
+
+
+@dead.command("list")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+def dead_list(as_json: bool) -> None:
+    """List dead letters, oldest first."""
+    store = _job_store(load_settings())
+    letters = store.dead_letters()
+    for letter in letters:
+        if as_json:
+            click.echo(letter.to_json())
+        else:
+            failed = datetime.fromtimestamp(letter.failed_at / 1000, UTC)
+            click.echo(
+                f"{letter.job_id}  {letter.key}  {letter.attempts} attempts  "
+                f"{failed:%Y-%m-%d %H:%M:%S} UTC  {letter.error}"
+            )
+    if not as_json:
+        click.echo(f"{len(letters)} dead letter(s)", err=True)
+
+
+@dead.command("replay")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="replay every dead letter")
+def dead_replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
+    """Run dead-lettered jobs again from attempt 1, under the same jobId."""
+    from followup.listener import celery_enqueue
+
+    if bool(job_ids) == replay_all:
+        raise click.UsageError("give JOBID(s) or --all")
+    config = load_settings()
+    store = _job_store(config)
+    enqueue = celery_enqueue(config)
+    ids = [letter.job_id for letter in store.dead_letters()] if replay_all else list(job_ids)
+    missing = 0
+    for job_id in ids:
+        letter = store.take_dead_letter(job_id)
+        if letter is None:
+            click.echo(f"{job_id}: no such dead letter", err=True)
+            missing += 1
+            continue
+        try:
+            enqueue(letter.job)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the letter goes back
+            store.restore_dead_letter(letter)
+            click.echo(f"{job_id}: could not enqueue ({exc}); left in the dead letters", err=True)
+            sys.exit(1)
+        click.echo(f"{job_id}: replaying ({letter.key})")
+    if missing:
+        sys.exit(1)
+
+
+@main.command()
+def dev() -> None:
+    """Run the whole system locally: listener, worker, Flower, a demo receiver (`make run`)."""
+    from followup.dev import run_dev
+
+    sys.exit(run_dev())
+
+
+def _job_store(config: Settings):  # noqa: ANN202 - keeps the Redis imports out of start-up
+    from followup.connections import redis_client
+    from followup.jobs import JobStore
+
+    return JobStore(redis_client(config.redis_url), config)
+
+
+def _has_option(args: list[str], short: str, long: str) -> bool:
+    """Whether the user passed this option (`-P x`, `-Px`, `--pool x`, `--pool=x`)."""
+    for arg in args:
+        if arg in (short, long) or arg.startswith(long + "="):
+            return True
+        if arg.startswith(short) and not arg.startswith("--"):
+            return True
+    return False
+
+
+def _exec_celery(argv: list[str]) -> None:
+    """Replace this process with Celery's, so that signals from Docker reach it directly."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # gevent warns that ssl was imported before its patch: only redis.asyncio, which followup
+    # does not use, holds the unpatched module.
+    quiet = "ignore:Monkey-patching ssl after ssl:Warning"
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", CELERY_APP, *argv])

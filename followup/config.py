@@ -1,0 +1,275 @@
+"""Every setting of the contract, read once (environment, then `.env`) into one frozen object.
+
+Nothing else in followup reads the environment: processes call `load_settings()` at start-up and
+pass the result around. A bad value raises ConfigError, which the CLI turns into exit status 2.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import cache
+from urllib.parse import urlsplit
+
+from followup.durations import parse_duration
+from followup.errors import ConfigError
+from followup.mapping import Mapping, parse_mapping
+from followup.redaction import redact_userinfo
+
+Lookup = Callable[[str], "str | None"]
+
+# A killed worker's messages come back this long after the longest a live worker can hold one.
+VISIBILITY_MARGIN = 30.0
+# How far the last, capped backoff may be stretched by jitter (the contract: up to 25 %).
+JITTER = 0.25
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    redis_db: int
+    broker_url: str
+    mapping: Mapping
+    queue_name: str
+    callback_channel: str
+    success_channel: str
+    failure_channel: str
+    callback_timeout: float  # seconds; 0 = do not wait for a callback
+    max_attempts: int
+    backoff_delay: float  # seconds before the 2nd attempt
+    backoff_max: float  # seconds, cap on one delay
+    worker_concurrency: int | None
+    webhook_timeout: float  # seconds
+    webhook_secrets: tuple[bytes, ...]
+    visibility_timeout: float  # seconds
+    metrics_port: int | None
+    api_port: int
+    api_token: str | None
+    flower_basic_auth: str | None
+    debug: bool
+
+    @property
+    def longest_attempt(self) -> float:
+        """The longest one attempt can take: a webhook that times out, then the callback wait."""
+        return self.webhook_timeout + self.callback_timeout
+
+    @property
+    def longest_backoff(self) -> float:
+        """The longest delay before any attempt, jitter included."""
+        if self.max_attempts < 2:
+            return 0.0
+        doubled = self.backoff_delay * 2 ** (self.max_attempts - 2) * (1 + JITTER)
+        return min(doubled, self.backoff_max)
+
+    @property
+    def longest_hold(self) -> float:
+        """How long a worker may hold one broker message before acking it.
+
+        A retry is an ETA message: the worker takes it at once, keeps it through the backoff and
+        then runs the attempt, all on one delivery. The broker must not hand it to another worker
+        meanwhile, so its visibility timeout has to exceed this.
+        """
+        return self.longest_backoff + self.longest_attempt
+
+    def secrets(self) -> list[str]:
+        """Strings that must never be printed, for the logging filter."""
+        found = [_password(self.redis_url), _password(self.broker_url), self.api_token]
+        if self.flower_basic_auth:
+            found += [pair.partition(":")[2] for pair in self.flower_basic_auth.split(",")]
+        found += [secret.decode("latin-1") for secret in self.webhook_secrets]
+        return [s for s in found if s]
+
+    @property
+    def masked_redis_url(self) -> str:
+        return redact_userinfo(self.redis_url)
+
+
+def environment() -> Lookup:
+    """The process environment, then a `.env` file in the working directory (python-decouple)."""
+    from decouple import AutoConfig
+
+    config = AutoConfig(search_path=os.getcwd())
+    return lambda name: config(name, default=None)
+
+
+@cache
+def settings() -> Settings:
+    """This process's settings, read once from its environment."""
+    return load_settings(environment())
+
+
+def load_settings(lookup: Lookup) -> Settings:
+    """Read and validate every setting; raise ConfigError on the first bad one."""
+    env = _Env(lookup)
+    redis_url = env.redis_url("REDIS_URL", "redis://localhost:6379/0")
+    callback_timeout = env.duration("WORKER_CALLBACK_TIMEOUT", "300000")
+    webhook_timeout = env.duration("WEBHOOK_TIMEOUT", "10s")
+    if webhook_timeout <= 0:
+        raise ConfigError("WEBHOOK_TIMEOUT", env.raw("WEBHOOK_TIMEOUT") or "0", "a duration above 0")
+    partial = Settings(
+        redis_url=redis_url,
+        redis_db=_redis_db(redis_url),
+        broker_url=env.redis_url("CELERY_BROKER_URL", redis_url),
+        mapping=parse_mapping(env.required("KEY_WEBHOOK_MAPPING", "comma-separated KEY=WEBHOOK_URL rules")),
+        queue_name=env.name("QUEUE_NAME", "followup", alias="BULLMQ_QUEUE_NAME"),
+        callback_channel=env.name("CALLBACK_CHANNEL", "workflow_callback"),
+        success_channel=env.name("SUCCESS_CHANNEL", "workflow_success"),
+        failure_channel=env.name("FAILURE_CHANNEL", "workflow_failure"),
+        callback_timeout=callback_timeout,
+        max_attempts=env.integer("MAX_ATTEMPTS", 5, minimum=1, alias="BULLMQ_ATTEMPTS"),
+        backoff_delay=env.duration("BACKOFF_DELAY", "5000", alias="BULLMQ_BACKOFF_DELAY"),
+        backoff_max=env.duration("BACKOFF_MAX", "10m"),
+        worker_concurrency=env.optional_integer("WORKER_CONCURRENCY", minimum=1, alias="BULLMQ_CONCURRENCY"),
+        webhook_timeout=webhook_timeout,
+        webhook_secrets=env.webhook_secrets("WEBHOOK_SECRET"),
+        visibility_timeout=0.0,
+        metrics_port=env.optional_integer("METRICS_PORT", minimum=1, maximum=65535),
+        api_port=env.integer("API_PORT", 8000, minimum=1, maximum=65535),
+        api_token=env.raw("API_TOKEN") or None,
+        flower_basic_auth=env.basic_auth("FLOWER_BASIC_AUTH"),
+        debug=env.boolean("DEBUG", False),
+    )
+    visibility = env.optional_duration("BROKER_VISIBILITY_TIMEOUT")
+    if visibility is None:
+        visibility = partial.longest_hold + VISIBILITY_MARGIN
+    elif visibility <= partial.longest_hold:
+        raise ConfigError(
+            "BROKER_VISIBILITY_TIMEOUT",
+            env.raw("BROKER_VISIBILITY_TIMEOUT") or "",
+            f"more than the longest a worker holds a job ({partial.longest_hold:g}s: longest backoff "
+            f"{partial.longest_backoff:g}s + WEBHOOK_TIMEOUT + WORKER_CALLBACK_TIMEOUT), "
+            "or leave it unset to derive it",
+        )
+    return replace(partial, visibility_timeout=visibility)
+
+
+class _Env:
+    """Typed reads of single variables, each raising ConfigError that names the variable."""
+
+    def __init__(self, lookup: Lookup) -> None:
+        self._lookup = lookup
+
+    def raw(self, name: str, alias: str | None = None) -> str | None:
+        value = self._lookup(name)
+        if (value is None or value == "") and alias:
+            value = self._lookup(alias)
+        return value if value not in (None, "") else None
+
+    def _name_of(self, name: str, alias: str | None) -> str:
+        """The variable actually read, so that an error names the one the user set."""
+        if alias and self._lookup(name) in (None, "") and self._lookup(alias) not in (None, ""):
+            return alias
+        return name
+
+    def required(self, name: str, expected: str) -> str:
+        value = self.raw(name)
+        if value is None or not value.strip():
+            raise ConfigError(name, "not set", expected)
+        return value
+
+    def name(self, name: str, default: str, alias: str | None = None) -> str:
+        value = self.raw(name, alias)
+        if value is None:
+            return default
+        value = value.strip()
+        if not value or any(ch.isspace() for ch in value):
+            raise ConfigError(self._name_of(name, alias), repr(value), "a non-empty name without spaces")
+        return value
+
+    def duration(self, name: str, default: str, alias: str | None = None) -> float:
+        value = self.raw(name, alias)
+        return parse_duration(default if value is None else value, self._name_of(name, alias))
+
+    def optional_duration(self, name: str) -> float | None:
+        value = self.raw(name)
+        return None if value is None else parse_duration(value, name)
+
+    def integer(
+        self, name: str, default: int, minimum: int, maximum: int | None = None, alias: str | None = None
+    ) -> int:
+        value = self.optional_integer(name, minimum, maximum, alias)
+        return default if value is None else value
+
+    def optional_integer(
+        self, name: str, minimum: int, maximum: int | None = None, alias: str | None = None
+    ) -> int | None:
+        value = self.raw(name, alias)
+        if value is None:
+            return None
+        expected = f"a whole number from {minimum}" + (f" to {maximum}" if maximum else " up")
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise ConfigError(self._name_of(name, alias), repr(value), expected) from None
+        if number < minimum or (maximum is not None and number > maximum):
+            raise ConfigError(self._name_of(name, alias), repr(value), expected)
+        return number
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(name, repr(value), "true or false")
+
+    def redis_url(self, name: str, default: str) -> str:
+        value = (self.raw(name) or default).strip()
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - a bad port only raises when read
+        except ValueError as exc:
+            raise ConfigError(name, repr(redact_userinfo(value)), f"a Redis URL ({exc})") from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(name, repr(redact_userinfo(value)), "redis://, rediss:// or unix:// URL")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ConfigError(name, repr(redact_userinfo(value)), "a Redis URL with a host")
+        try:
+            _redis_db(value)
+        except ValueError:
+            raise ConfigError(name, repr(redact_userinfo(value)), "a database number after the host (/0)") from None
+        return value
+
+    def webhook_secrets(self, name: str) -> tuple[bytes, ...]:
+        value = self.raw(name)
+        if value is None:
+            return ()
+        secrets = []
+        for number, secret in enumerate(value.split(), start=1):
+            if secret.startswith("whsec_"):
+                try:
+                    secrets.append(base64.b64decode(secret[len("whsec_") :], validate=True))
+                except binascii.Error:
+                    raise ConfigError(name, f"secret {number} (whsec_…)", "base64 after 'whsec_'") from None
+            else:
+                secrets.append(secret.encode())
+        return tuple(secrets)
+
+    def basic_auth(self, name: str) -> str | None:
+        value = self.raw(name)
+        if value is None:
+            return None
+        for number, pair in enumerate(value.split(","), start=1):
+            user, colon, password = pair.partition(":")
+            if not user.strip() or not colon or not password:
+                raise ConfigError(name, f"pair {number}", "user:password (several joined by commas)")
+        return value
+
+
+def _redis_db(url: str) -> int:
+    from redis.connection import parse_url
+
+    return int(parse_url(url).get("db", 0) or 0)
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None

