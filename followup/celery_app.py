@@ -7,6 +7,8 @@ import logging
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready, worker_shutdown
 
+from followup.redelivery import UnackedSweeper
+
 app = Celery("followup")
 app.config_from_object("celeryconfig")
 app.conf.include = ["followup.tasks"]
@@ -23,16 +25,24 @@ def _mask_secrets(logger: logging.Logger, **_: object) -> None:
         handler.addFilter(secret_filter)
 
 
+_sweeper: UnackedSweeper | None = None
+
+
 @worker_ready.connect
-def _subscribe_early(**_: object) -> None:
-    # Subscribe to callbacks before the first job arrives rather than on its first attempt.
+def _start_worker_services(**_: object) -> None:
+    global _sweeper
     from followup.worker import runtime
 
+    # Subscribe to callbacks before the first job arrives rather than on its first attempt.
     runtime()
+    _sweeper = UnackedSweeper(app)
+    _sweeper.start()
 
 
 @worker_shutdown.connect
-def _unsubscribe(**_: object) -> None:
+def _stop_worker_services(**_: object) -> None:
     from followup.worker import stop_runtime
 
+    if _sweeper is not None:
+        _sweeper.stop()
     stop_runtime()

@@ -70,14 +70,12 @@ def mapping_for(receiver: Receiver, refused_port: int) -> str:
 
 
 def base_env(url: str, mapping: str, **overrides: str) -> dict[str, str]:
-    return followup_env(
-        REDIS_URL=url,
-        KEY_WEBHOOK_MAPPING=mapping,
-        CALLBACK_CHANNEL=CALLBACK_CHANNEL,
-        SUCCESS_CHANNEL=SUCCESS_CHANNEL,
-        FAILURE_CHANNEL=FAILURE_CHANNEL,
-        **{**TIMINGS, **overrides},
-    )
+    channels = {
+        "CALLBACK_CHANNEL": CALLBACK_CHANNEL,
+        "SUCCESS_CHANNEL": SUCCESS_CHANNEL,
+        "FAILURE_CHANNEL": FAILURE_CHANNEL,
+    }
+    return followup_env(REDIS_URL=url, KEY_WEBHOOK_MAPPING=mapping, **{**channels, **TIMINGS, **overrides})
 
 
 @pytest.fixture(scope="session")
