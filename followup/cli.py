@@ -30,7 +30,22 @@ def load_settings() -> Settings:
         sys.exit(2)
 
 
-@click.group()
+class FollowupGroup(click.Group):
+    """Turns an unreachable Redis into one line and exit status 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        import redis
+
+        try:
+            return super().invoke(ctx)
+        except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as exc:
+            from followup.redaction import redact_userinfo
+
+            click.echo(f"followup: Redis is unreachable: {redact_userinfo(str(exc))}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=FollowupGroup)
 @click.version_option(package_name="followup")
 def main() -> None:
     """followup turns Redis key expirations into reliable webhook / channel jobs on Celery."""

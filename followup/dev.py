@@ -178,13 +178,16 @@ def _announce_results(client: redis.Redis, env: dict[str, str]) -> None:
     pubsub.subscribe(*channels)
 
     def relay() -> None:
-        for message in pubsub.listen():
-            event = json.loads(message["data"])
-            mark = "✓" if event.get("status") == "success" else "✗"
-            say(
-                f"[demo    ] {mark} job {event.get('jobId')} ({event.get('key')}): {event.get('status')} "
-                f"after {event.get('attempts')} attempt(s)"
-            )
+        try:
+            for message in pubsub.listen():
+                event = json.loads(message["data"])
+                mark = "✓" if event.get("status") == "success" else "✗"
+                say(
+                    f"[demo    ] {mark} job {event.get('jobId')} ({event.get('key')}): {event.get('status')} "
+                    f"after {event.get('attempts')} attempt(s)"
+                )
+        except redis.ConnectionError:
+            return  # Redis is going away with the rest of the system
 
     threading.Thread(target=relay, daemon=True).start()
 

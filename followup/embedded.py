@@ -62,7 +62,11 @@ class RedisServer:
             "no",
             *self.args,
         ]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        # A session of its own: Ctrl-C in the terminal must not stop Redis before the processes
+        # that use it have shut down.
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
