@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from followup.config import JITTER, Settings
+from followup.config import JITTER, Settings, doubling
 
 
 def retry_delay(settings: Settings, failed_attempt: int, rng: random.Random | None = None) -> float:
@@ -14,6 +14,6 @@ def retry_delay(settings: Settings, failed_attempt: int, rng: random.Random | No
     shorter than the one before it until BACKOFF_MAX caps them. (Celery's own `retry_jitter`
     draws the whole delay at random and can shorten it, which the contract rules out.)
     """
-    base = settings.backoff_delay * 2 ** (failed_attempt - 1)
+    base = settings.backoff_delay * doubling(failed_attempt - 1)
     jitter = (rng or random).uniform(0, JITTER)
     return min(base * (1 + jitter), settings.backoff_max)

@@ -43,7 +43,7 @@ class Settings:
     backoff_max: float  # seconds, cap on one delay
     worker_concurrency: int | None
     webhook_timeout: float  # seconds
-    webhook_secrets: tuple[bytes, ...]
+    webhook_secrets: tuple[str, ...]  # as written; signing.py decodes whsec_ ones
     visibility_timeout: float  # seconds
     metrics_port: int | None
     api_port: int
@@ -61,8 +61,7 @@ class Settings:
         """The longest delay before any attempt, jitter included."""
         if self.max_attempts < 2:
             return 0.0
-        doubled = self.backoff_delay * 2 ** (self.max_attempts - 2) * (1 + JITTER)
-        return min(doubled, self.backoff_max)
+        return min(self.backoff_delay * doubling(self.max_attempts - 2) * (1 + JITTER), self.backoff_max)
 
     @property
     def longest_hold(self) -> float:
@@ -79,12 +78,17 @@ class Settings:
         found = [_password(self.redis_url), _password(self.broker_url), self.api_token]
         if self.flower_basic_auth:
             found += [pair.partition(":")[2] for pair in self.flower_basic_auth.split(",")]
-        found += [secret.decode("latin-1") for secret in self.webhook_secrets]
+        found += list(self.webhook_secrets)
         return [s for s in found if s]
 
     @property
     def masked_redis_url(self) -> str:
         return redact_userinfo(self.redis_url)
+
+
+def doubling(times: int) -> float:
+    """2 ** times, saturating: a delay doubled 60 times is past any cap, and the float stays finite."""
+    return 2.0 ** min(max(times, 0), 60)
 
 
 def environment() -> Lookup:
@@ -111,7 +115,7 @@ def load_settings(lookup: Lookup) -> Settings:
         raise ConfigError("WEBHOOK_TIMEOUT", env.raw("WEBHOOK_TIMEOUT") or "0", "a duration above 0")
     partial = Settings(
         redis_url=redis_url,
-        redis_db=_redis_db(redis_url),
+        redis_db=_redis_db(redis_url) or 0,
         broker_url=env.redis_url("CELERY_BROKER_URL", redis_url),
         mapping=parse_mapping(env.required("KEY_WEBHOOK_MAPPING", "comma-separated KEY=WEBHOOK_URL rules")),
         queue_name=env.name("QUEUE_NAME", "followup", alias="BULLMQ_QUEUE_NAME"),
@@ -221,19 +225,19 @@ class _Env:
 
     def redis_url(self, name: str, default: str) -> str:
         value = (self.raw(name) or default).strip()
+        shown = repr(redact_userinfo(value))
         try:
             parts = urlsplit(value)
             parts.port  # noqa: B018 - a bad port only raises when read
-        except ValueError as exc:
-            raise ConfigError(name, repr(redact_userinfo(value)), f"a Redis URL ({exc})") from None
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(name, repr(redact_userinfo(value)), "redis://, rediss:// or unix:// URL")
-        if parts.scheme != "unix" and not parts.hostname:
-            raise ConfigError(name, repr(redact_userinfo(value)), "a Redis URL with a host")
-        try:
-            _redis_db(value)
         except ValueError:
-            raise ConfigError(name, repr(redact_userinfo(value)), "a database number after the host (/0)") from None
+            # The parser's own message quotes the netloc, password included: not shown.
+            raise ConfigError(name, shown, "a Redis URL with a numeric port (redis://host:6379/0)") from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(name, shown, "a redis://, rediss:// or unix:// URL")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ConfigError(name, shown, "a Redis URL with a host")
+        if _redis_db(value) is None:
+            raise ConfigError(name, shown, "a database number from 0 after the host (redis://host:6379/0)")
         return value
 
     def webhook_secrets(self, name: str) -> tuple[bytes, ...]:
@@ -262,10 +266,20 @@ class _Env:
         return value
 
 
-def _redis_db(url: str) -> int:
-    from redis.connection import parse_url
+def secret_bytes(secret: str) -> bytes:
+    """The key a webhook secret stands for: `whsec_` + base64 as Standard Webhooks says, else the text."""
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret[len("whsec_") :], validate=True)
+    return secret.encode()
 
-    return int(parse_url(url).get("db", 0) or 0)
+
+def _redis_db(url: str) -> int | None:
+    """The database number of a Redis URL (path `/3` or query `?db=3`); None when it is not one."""
+    parts = urlsplit(url)
+    path = parts.path.strip("/") if parts.scheme != "unix" else ""
+    query_db = dict(pair.partition("=")[::2] for pair in parts.query.split("&") if pair).get("db")
+    text = path or query_db or "0"
+    return int(text) if text.isdigit() else None
 
 
 def _password(url: str) -> str | None:

@@ -6,7 +6,9 @@ import logging
 import re
 from collections.abc import Iterable
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+# Everything from "://" to the last "@" of the same token: a password may itself hold "/", "?"
+# or "@" (redis-py accepts them), and none of it may show.
+_USERINFO = re.compile(r"(?<=://)[^\s'\"]*@")
 MASK = "***"
 
 
