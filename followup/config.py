@@ -45,6 +45,7 @@ class Settings:
     webhook_timeout: float  # seconds
     webhook_secrets: tuple[str, ...]  # as written; signing.py decodes whsec_ ones
     visibility_timeout: float  # seconds
+    payload_max_bytes: int
     metrics_port: int | None
     api_port: int
     api_token: str | None
@@ -130,6 +131,7 @@ def load_settings(lookup: Lookup) -> Settings:
         webhook_timeout=webhook_timeout,
         webhook_secrets=env.webhook_secrets("WEBHOOK_SECRET"),
         visibility_timeout=0.0,
+        payload_max_bytes=env.integer("PAYLOAD_MAX_BYTES", 256 * 1024, minimum=0),
         metrics_port=env.optional_integer("METRICS_PORT", minimum=1, maximum=65535),
         api_port=env.integer("API_PORT", 8000, minimum=1, maximum=65535),
         api_token=env.raw("API_TOKEN") or None,
@@ -240,20 +242,17 @@ class _Env:
             raise ConfigError(name, shown, "a database number from 0 after the host (redis://host:6379/0)")
         return value
 
-    def webhook_secrets(self, name: str) -> tuple[bytes, ...]:
+    def webhook_secrets(self, name: str) -> tuple[str, ...]:
         value = self.raw(name)
         if value is None:
             return ()
-        secrets = []
-        for number, secret in enumerate(value.split(), start=1):
-            if secret.startswith("whsec_"):
-                try:
-                    secrets.append(base64.b64decode(secret[len("whsec_") :], validate=True))
-                except binascii.Error:
-                    raise ConfigError(name, f"secret {number} (whsec_…)", "base64 after 'whsec_'") from None
-            else:
-                secrets.append(secret.encode())
-        return tuple(secrets)
+        secrets = tuple(value.split())
+        for number, secret in enumerate(secrets, start=1):
+            try:
+                secret_bytes(secret)
+            except binascii.Error:
+                raise ConfigError(name, f"secret {number} (whsec_…)", "base64 after 'whsec_'") from None
+        return secrets
 
     def basic_auth(self, name: str) -> str | None:
         value = self.raw(name)
@@ -279,7 +278,7 @@ def _redis_db(url: str) -> int | None:
     path = parts.path.strip("/") if parts.scheme != "unix" else ""
     query_db = dict(pair.partition("=")[::2] for pair in parts.query.split("&") if pair).get("db")
     text = path or query_db or "0"
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _password(url: str) -> str | None:

@@ -8,6 +8,7 @@ from followup.errors import ConfigError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?")
+MAX_SECONDS = 10 * 365 * 24 * 3600.0
 EXPECTED = "milliseconds (e.g. 300000) or a number with a unit: 500ms, 30s, 5m, 1h"
 
 
@@ -19,8 +20,10 @@ def parse_duration(text: str, variable: str) -> float:
         if cleaned.startswith("-"):
             raise ConfigError(variable, repr(text), "a duration that is not negative")
         raise ConfigError(variable, repr(text), EXPECTED)
-    unit = match["unit"] or "ms"
-    return float(match["number"]) * _UNITS[unit]
+    seconds = float(match["number"]) * _UNITS[match["unit"] or "ms"]
+    if seconds > MAX_SECONDS:
+        raise ConfigError(variable, repr(text), "a duration of at most 10 years")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
