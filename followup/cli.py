@@ -106,13 +106,12 @@ def flower(ctx: click.Context) -> None:
 
 @main.command()
 @click.argument("key")
-@click.option(
-    "--in", "delay", required=True, metavar="DURATION", help="when to follow up: 30s, 5m, 1h, or bare milliseconds"
-)
-@click.option("--payload", metavar="JSON", help="JSON stored as the key's value (default: null)")
+@click.option("--in", "delay", required=True, metavar="DURATION", help="when: 30s, 5m, 1h, or bare milliseconds")
+@click.option("--payload", metavar="TEXT", help="the key's value, sent back as the webhook's payload (JSON or text)")
 def schedule(key: str, delay: str, payload: str | None) -> None:
-    """Write KEY with a TTL, so that its expiration triggers a follow-up."""
+    """Write KEY with a TTL and its index entry, so that its expiration triggers a follow-up."""
     from followup.connections import redis_client
+    from followup.scheduling import schedule as schedule_key
 
     config = load_settings()
     try:
@@ -121,20 +120,45 @@ def schedule(key: str, delay: str, payload: str | None) -> None:
         raise click.BadParameter(exc.expected, param_hint="--in") from None
     if seconds <= 0:
         raise click.BadParameter("a duration above 0", param_hint="--in")
-    if payload is not None:
-        try:
-            json.loads(payload)
-        except ValueError as exc:
-            raise click.BadParameter(f"not JSON ({exc})", param_hint="--payload") from None
-    rule = config.mapping.match(key)
-    value = payload if payload is not None else "null"
-    redis_client(config.redis_url).set(key, value, px=max(1, round(seconds * 1000)))
-    due = datetime.fromtimestamp(datetime.now(UTC).timestamp() + seconds, UTC)
+    client = redis_client(config.redis_url)
+    deadline = schedule_key(key, seconds, payload, client=client, payload_limit=config.payload_max_bytes)
+    due = datetime.fromtimestamp(deadline / 1000, UTC)
     click.echo(f"scheduled {key!r}, due {due.isoformat(timespec='milliseconds')}")
-    if rule is None:
+    if config.mapping.match(key) is None:
         click.echo(
             f"warning: no rule in KEY_WEBHOOK_MAPPING matches {key!r}: it will expire without a follow-up", err=True
         )
+
+
+@main.command()
+@click.argument("key")
+def cancel(key: str) -> None:
+    """Delete KEY and its index entry: its follow-up never fires."""
+    from followup.connections import redis_client
+    from followup.scheduling import cancel as cancel_key
+
+    config = load_settings()
+    found = cancel_key(key, client=redis_client(config.redis_url))
+    click.echo(f"cancelled {key!r}" if found else f"nothing scheduled for {key!r}")
+
+
+@main.command()
+@click.option("--limit", default=50, show_default=True, help="how many, soonest first")
+def pending(limit: int) -> None:
+    """List the schedule index: key, when it is due, and the rule it will fire."""
+    from followup.connections import redis_client
+    from followup.index import ScheduleIndex
+
+    config = load_settings()
+    index = ScheduleIndex(redis_client(config.redis_url), config.payload_max_bytes)
+    now = datetime.now(UTC).timestamp() * 1000
+    for key, deadline in index.pending(limit):
+        due = datetime.fromtimestamp(deadline / 1000, UTC).isoformat(timespec="milliseconds")
+        rule = config.mapping.match(key)
+        left = (deadline - now) / 1000
+        when = f"in {left:.1f}s" if left >= 0 else f"{-left:.1f}s ago (firing)"
+        click.echo(f"{key}  {due}  {when}  {rule.describe() if rule else '(no rule)'}")
+    click.echo(f"{index.size()} follow-up(s) pending", err=True)
 
 
 @main.command()
@@ -198,7 +222,7 @@ def dead_replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
             missing += 1
             continue
         try:
-            enqueue(letter.job)
+            enqueue([letter.job])
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the letter goes back
             store.restore_dead_letter(letter)
             click.echo(f"{job_id}: could not enqueue ({exc}); left in the dead letters", err=True)

@@ -28,7 +28,7 @@ _ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")]+")
 
 def followup_message(job: Job, attempt: int, settings: Settings) -> dict[str, Any]:
     """The body of the webhook and of the channel message (the contract's format)."""
-    return {
+    message = {
         "jobId": job.id,
         "key": job.key,
         "event": "expired",
@@ -40,6 +40,9 @@ def followup_message(job: Job, attempt: int, settings: Settings) -> dict[str, An
         "callbackChannel": settings.callback_channel,
         "payload": job.payload,
     }
+    if job.payload_error:
+        message["payloadError"] = job.payload_error
+    return message
 
 
 def http_session(pool_size: int) -> requests.Session:

@@ -37,8 +37,9 @@ class Job:
 
     id: str
     key: str
-    expired_at: int  # ms since the epoch
+    expired_at: int  # ms since the epoch: the key's deadline
     payload: Any = None
+    payload_error: str | None = None  # why the value is not carried, when it is not
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class DeadLetter:
     attempts: int
     error: str
     failed_at: int
+    payload_error: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -68,7 +70,7 @@ class DeadLetter:
 
     @property
     def job(self) -> Job:
-        return Job(self.job_id, self.key, self.expired_at, self.payload)
+        return Job(self.job_id, self.key, self.expired_at, self.payload, self.payload_error)
 
 
 class JobStore:
@@ -128,7 +130,7 @@ class JobStore:
             "error": error,
             "timestamp": failed_at,
         }
-        record = DeadLetter(job.id, job.key, job.expired_at, job.payload, attempts, error, failed_at)
+        record = DeadLetter(job.id, job.key, job.expired_at, job.payload, attempts, error, failed_at, job.payload_error)
         published = self._dead_letter(
             keys=[job_key(job.id), DEAD_LETTERS],
             args=[self._settings.failure_channel, _dumps(event), record.to_json(), job.id, self._finished_ttl],

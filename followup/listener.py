@@ -1,6 +1,12 @@
-"""`followup listen`: expired-key events in, one Celery task per expiration of a mapped key out.
+"""`followup listen`: keyspace events in, exactly one Celery task per expiration of a mapped key out.
 
-The listener never does the HTTP work itself; it only decides which expirations become jobs.
+One loop, one thread for the events and the timer: it reads every key event of the watched
+database in batches, keeps the schedule index (index.py) in step with them, and sleeps until the
+next deadline or the next event, whichever comes first — no polling. At a deadline it touches the
+due keys, which makes Redis expire them and send their expired events at once; an expired event
+claims the key's entry and enqueues its job. On start and after every reconnect it catches up on
+what came due while nobody listened, and a background scan indexes mapped keys it has not seen.
+The listener never does the HTTP work itself.
 """
 
 from __future__ import annotations
@@ -8,26 +14,48 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import uuid
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from itertools import groupby
 
 import redis
 
 from followup.config import Settings
-from followup.connections import subscriber_client
+from followup.connections import redis_client, subscriber_client
+from followup.index import Claimed, ScheduleIndex, parse_claims
 from followup.jobs import PREFIX, Job, now_ms
-from followup.notifications import ensure_flags, expired_channel
+from followup.notifications import ensure_flags
 
 log = logging.getLogger("followup.listener")
 
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 10.0
+# Events read and handled together, in one pipeline of scripts.
+BATCH = 1000
+# Entries the timer touches per step.
+TOUCH_LIMIT = 1000
+# How long a touched, vanished key may wait for its expired event before it is claimed anyway
+# (evicted, flushed, or its event lost).
+EVENT_GRACE = 2.0
+# The longest the loop sleeps without a deadline: how soon it notices a hint from the scan.
+MAX_SLEEP = 1.0
+SCAN_COUNT = 1000
+# Expired (x), generic (g: del, expire, rename, persist), string writes ($), evicted (e), as keyevents.
+NOTIFY_FLAGS = "Eg$xe"
+
+# What each key event means for the index.
+_INDEX_EVENTS = frozenset(
+    b"set expire persist rename_to append setrange incrby incrbyfloat restore copy_to move_to".split()
+)
+_FORGET_EVENTS = frozenset(b"del rename_from move_from".split())
+_CLAIM_EVENTS = frozenset({b"expired"})
+
 # Keys that Celery and kombu keep in the same Redis by default; never followed up, whatever the
 # mapping's globs say. (Queue names are added per listener.)
 _BROKER_PREFIXES = ("_kombu.", "celery-task-meta-", "celery-taskset-meta-", PREFIX)
 _BROKER_KEYS = frozenset({"unacked", "unacked_index", "unacked_mutex"})
 
-Enqueue = Callable[[Job], None]
+Enqueue = Callable[[Sequence[Job]], None]
 
 
 def is_internal(key: str, queue_name: str) -> bool:
@@ -39,15 +67,22 @@ class Listener:
     def __init__(self, settings: Settings, enqueue: Enqueue) -> None:
         self._settings = settings
         self._enqueue = enqueue
-        self._client = subscriber_client(settings.redis_url)
-        self._channel = expired_channel(settings.redis_db)
+        self._subscriber = subscriber_client(settings.redis_url)
+        self._redis = redis_client(settings.redis_url, pool_size=8)
+        self._index = ScheduleIndex(self._redis, settings.payload_max_bytes)
+        self._pattern = f"__keyevent@{settings.redis_db}__:*"
+        self._awaiting: dict[str, float] = {}  # touched keys that vanished -> when (monotonic)
+        self._next_wake: float | None = None  # epoch ms
+        self._wake_lock = threading.Lock()
+
+    # The loop -----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Listen until `stop` is set, reconnecting with backoff whenever Redis goes away."""
         delay = RECONNECT_MIN
         while not stop.is_set():
             try:
-                self._listen(stop)
+                self._session(stop)
                 delay = RECONNECT_MIN
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if stop.is_set():
@@ -57,45 +92,209 @@ class Listener:
                 stop.wait(wait)
                 delay = min(delay * 2, RECONNECT_MAX)
 
-    def handle(self, raw_key: bytes) -> None:
-        """One expired event: enqueue a job if the key is mapped, otherwise ignore it."""
+    def _session(self, stop: threading.Event) -> None:
+        self._index.reset_connection_facts()
+        report = ensure_flags(self._redis, self._settings.redis_db, NOTIFY_FLAGS)
+        pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+        scan_stop = threading.Event()
         try:
-            key = raw_key.decode("utf-8")
-        except UnicodeDecodeError:
-            log.warning("ignored expired key that is not UTF-8: %r", raw_key[:200])
-            return
-        if is_internal(key, self._settings.queue_name):
-            return
-        rule = self._settings.mapping.match(key)
-        if rule is None:
-            log.debug("ignored expired key %r: no rule", key)
-            return
-        job = Job(id=str(uuid.uuid4()), key=key, expired_at=now_ms())
-        try:
-            self._enqueue(job)
-        except Exception:
-            log.exception("could not enqueue job %s for expired key %r: this follow-up is lost", job.id, key)
-            return
-        log.info("key %r expired: job %s queued (rule %s)", key, job.id, rule.describe())
-
-    def _listen(self, stop: threading.Event) -> None:
-        report = ensure_flags(self._client, self._settings.redis_db)
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(self._channel)
+            pubsub.psubscribe(self._pattern)
+            # Subscribed first, then caught up: nothing can fall between the two.
+            self._catch_up()
+            threading.Thread(target=self._scan, args=(scan_stop,), name="followup-scan", daemon=True).start()
             log.info(
-                "listening on %s at %s (%d rules; %s)",
-                self._channel,
+                "listening on %s at %s (%d rules, %d follow-ups indexed; %s)",
+                self._pattern,
                 self._settings.masked_redis_url,
                 len(self._settings.mapping.rules),
+                self._index.size(),
                 report,
             )
+            self._wake_at(now_ms())
             while not stop.is_set():
-                message = pubsub.get_message(timeout=1.0)
-                if message and message["type"] == "message":
-                    self.handle(message["data"])
+                messages = _read_batch(pubsub, self._sleep_seconds())
+                if messages:
+                    self.handle(messages)
+                if self._due():
+                    self._on_timer(backlog_drained=len(messages) < BATCH)
         finally:
+            scan_stop.set()
             pubsub.close()
+
+    def _sleep_seconds(self) -> float:
+        with self._wake_lock:
+            wake = self._next_wake
+        if wake is None:
+            return MAX_SLEEP
+        return min(max(0.0, (wake - now_ms()) / 1000), MAX_SLEEP)
+
+    def _due(self) -> bool:
+        with self._wake_lock:
+            return self._next_wake is not None and now_ms() >= self._next_wake
+
+    def _wake_at(self, epoch_ms: float) -> None:
+        with self._wake_lock:
+            if self._next_wake is None or epoch_ms < self._next_wake:
+                self._next_wake = epoch_ms
+
+    # Events -------------------------------------------------------------------------------
+
+    def handle(self, messages: list[dict]) -> None:
+        """One batch of key events, in order: index, forget and claim, in one pipeline."""
+        ops: list[tuple[str, str]] = []
+        for message in messages:
+            event = message["channel"].rpartition(b":")[2]
+            op = (
+                "index"
+                if event in _INDEX_EVENTS
+                else "forget"
+                if event in _FORGET_EVENTS
+                else ("claim" if event in _CLAIM_EVENTS else None)
+            )
+            if op is None:
+                continue
+            key = self._mapped_key(message["data"])
+            if key is not None:
+                ops.append((op, key))
+        if not ops:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        runs = [(op, [key for _, key in group]) for op, group in groupby(ops, key=lambda pair: pair[0])]
+        for op, keys in runs:
+            if op == "index":
+                self._index.index(keys, pipe)
+            elif op == "forget":
+                self._index.forget(keys, pipe)
+            else:
+                self._index.claim(keys, unknown_too=True, pipe=pipe)
+        claims: list[Claimed] = []
+        for (op, _keys), result in zip(runs, pipe.execute(), strict=True):
+            if op == "index":
+                deadlines = [d for d in result if d > 0]
+                if deadlines:
+                    self._wake_at(min(deadlines) + 1)
+            elif op == "claim":
+                claims += parse_claims(result)
+        self._fire(claims, "expired event")
+
+    def _mapped_key(self, raw: bytes) -> str | None:
+        try:
+            key = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            log.debug("ignored a key that is not UTF-8: %r", raw[:200])
+            return None
+        if is_internal(key, self._settings.queue_name) or self._settings.mapping.match(key) is None:
+            return None
+        return key
+
+    # The timer ----------------------------------------------------------------------------
+
+    def _on_timer(self, backlog_drained: bool) -> None:
+        with self._wake_lock:
+            self._next_wake = None
+        result = self._index.touch_due(TOUCH_LIMIT)
+        now = time.monotonic()
+        for key in result.gone:
+            self._awaiting.setdefault(key, now)
+        if result.looked_at >= TOUCH_LIMIT:
+            self._wake_at(now_ms())  # more are due: after the events this touch set off
+        elif result.next_deadline is not None:
+            self._wake_at(result.next_deadline + 1)  # Redis expires a key once its deadline has passed
+        if backlog_drained:
+            overdue = [key for key, since in self._awaiting.items() if now - since >= EVENT_GRACE]
+            if overdue:
+                # No expired event came (the key was evicted, flushed, or its event lost), nor a
+                # del event: it is due and gone, so it fires now.
+                for key in overdue:
+                    del self._awaiting[key]
+                self._fire(parse_claims(self._index.claim(overdue, unknown_too=False)), "timer")
+        if self._awaiting:
+            self._wake_at(now_ms() + 1000 * (min(self._awaiting.values()) + EVENT_GRACE - now))
+
+    # Catching up --------------------------------------------------------------------------
+
+    def _catch_up(self) -> None:
+        """Enqueue what the last listener claimed but never enqueued, and what came due unheard."""
+        stale = self._index.stale_firing(older_than_ms=0, now_ms=now_ms())
+        if stale:
+            log.info("enqueueing %d claimed follow-up(s) a stopped listener left behind", len(stale))
+            self._fire(stale, "catch-up (outbox)")
+        total = 0
+        while True:
+            result = self._index.touch_due(TOUCH_LIMIT)
+            if result.gone:
+                # Nobody listened when these came due: their events are lost, so they fire now.
+                claims = parse_claims(self._index.claim(result.gone, unknown_too=False))
+                total += len(claims)
+                self._fire(claims, "catch-up")
+            if result.looked_at < TOUCH_LIMIT or not result.gone:
+                break
+        if total:
+            log.info("caught up: %d follow-up(s) came due while no listener ran", total)
+
+    def _scan(self, stop: threading.Event) -> None:
+        """Index mapped keys that carry a TTL but have no entry yet (written while nobody listened)."""
+        try:
+            scanned = indexed = 0
+            batch: list[str] = []
+            for raw in self._redis.scan_iter(count=SCAN_COUNT):
+                if stop.is_set():
+                    return
+                scanned += 1
+                key = self._mapped_key(raw)
+                if key is not None:
+                    batch.append(key)
+                if len(batch) >= SCAN_COUNT:
+                    indexed += self._index_scanned(batch)
+                    batch = []
+                if scanned % 100_000 == 0:
+                    log.info("scan: %d keys looked at, %d mapped keys with a TTL indexed so far", scanned, indexed)
+            if batch:
+                indexed += self._index_scanned(batch)
+            log.info("scan done: %d keys looked at, %d mapped keys with a TTL indexed", scanned, indexed)
+        except redis.RedisError as exc:
+            log.warning("scan stopped: %s (it runs again after the reconnect)", exc)
+
+    def _index_scanned(self, keys: list[str]) -> int:
+        deadlines = [d for d in self._index.index(keys) if d > 0]
+        if deadlines:
+            self._wake_at(min(deadlines) + 1)
+        return len(deadlines)
+
+    # Enqueueing ---------------------------------------------------------------------------
+
+    def _fire(self, claims: list[Claimed], path: str) -> None:
+        if not claims:
+            return
+        for claim in claims:
+            self._awaiting.pop(claim.key, None)
+        jobs = [claim.job(self._settings.payload_max_bytes) for claim in claims]
+        try:
+            self._enqueue(jobs)
+        except Exception:
+            # Left in the outbox: the next catch-up enqueues them (same jobIds).
+            log.exception("could not enqueue %d job(s); they stay claimed and are retried on reconnect", len(jobs))
+            raise redis.ConnectionError("enqueue failed") from None
+        self._index.enqueued(claims)
+        for job in jobs:
+            lateness = now_ms() - job.expired_at
+            log.info("key %r expired: job %s queued (%s, %d ms after its deadline)", job.key, job.id, path, lateness)
+            if job.payload_error:
+                log.warning("job %s carries no payload: %s", job.id, job.payload_error)
+
+
+def _read_batch(pubsub: redis.client.PubSub, timeout: float) -> list[dict]:
+    """The next events: wait up to `timeout` for one, then take what is already there."""
+    first = pubsub.get_message(timeout=timeout)
+    if first is None:
+        return []
+    messages = [first]
+    while len(messages) < BATCH:
+        message = pubsub.get_message(timeout=0)
+        if message is None:
+            break
+        messages.append(message)
+    return [m for m in messages if m["type"] == "pmessage"]
 
 
 def celery_enqueue(settings: Settings) -> Enqueue:
@@ -105,14 +304,22 @@ def celery_enqueue(settings: Settings) -> Enqueue:
 
     retry_policy = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3.0}
 
-    def enqueue(job: Job) -> None:
-        app.send_task(
-            TASK_NAME,
-            kwargs={"key": job.key, "expired_at": job.expired_at, "payload": job.payload},
-            task_id=job.id,
-            queue=settings.queue_name,
-            retry=True,
-            retry_policy=retry_policy,
-        )
+    def enqueue(jobs: Sequence[Job]) -> None:
+        with app.producer_or_acquire() as producer:
+            for job in jobs:
+                app.send_task(
+                    TASK_NAME,
+                    kwargs={
+                        "key": job.key,
+                        "expired_at": job.expired_at,
+                        "payload": job.payload,
+                        "payload_error": job.payload_error,
+                    },
+                    task_id=job.id,
+                    queue=settings.queue_name,
+                    producer=producer,
+                    retry=True,
+                    retry_policy=retry_policy,
+                )
 
     return enqueue

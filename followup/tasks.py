@@ -27,7 +27,15 @@ class JobFailed(Exception):
 
 
 @app.task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, max_retries=None)
-def deliver(self: Task, key: str, expired_at: int, payload: Any = None, attempt: int = 1) -> str:
+def deliver(
+    self: Task,
+    key: str,
+    expired_at: int,
+    *,
+    payload: Any = None,
+    attempt: int = 1,
+    payload_error: str | None = None,
+) -> str:
     """Attempt `attempt` of the follow-up for one expiration (the task id is the jobId).
 
     The attempt number travels in the message rather than in Celery's retry count, so that an
@@ -35,8 +43,8 @@ def deliver(self: Task, key: str, expired_at: int, payload: Any = None, attempt:
     """
     rt = runtime()
     settings = rt.settings
-    job = Job(id=self.request.id, key=key, expired_at=expired_at, payload=payload)
-    again = {"key": key, "expired_at": expired_at, "payload": payload}
+    job = Job(self.request.id, key, expired_at, payload, payload_error)
+    again = {"key": key, "expired_at": expired_at, "payload": payload, "payload_error": payload_error}
     try:
         outcome = run_attempt(rt, job, attempt)
     except redis.RedisError as exc:

@@ -25,6 +25,7 @@ TIMINGS = {
     "BACKOFF_DELAY": "1s",
     "BACKOFF_MAX": "5s",
     "WEBHOOK_TIMEOUT": "1s",
+    "PAYLOAD_MAX_BYTES": "4096",
 }
 
 

@@ -148,6 +148,7 @@ class Receiver:
     def __init__(self, redis_url: str, callback_channel: str) -> None:
         self.requests: list[Request] = []
         self._plans: dict[str, list[Reply]] = {}
+        self.default_reply = Reply()  # for keys without a plan
         self._cond = threading.Condition()
         self._redis = redis.Redis.from_url(redis_url)
         self._callback_channel = callback_channel
@@ -191,7 +192,7 @@ class Receiver:
         self._server.shutdown()
 
     def _reply_for(self, key: str, call_number: int) -> Reply:
-        replies = self._plans.get(key) or [Reply()]
+        replies = self._plans.get(key) or [self.default_reply]
         return replies[min(call_number, len(replies) - 1)]
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

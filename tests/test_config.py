@@ -428,8 +428,6 @@ def test_password_with_url_delimiters_never_in_config_error(url, parts):
         assert part not in str(error)
 
 
-
-
 def test_secrets_lists_every_secret_but_webhook():
     s = load(
         REDIS_URL="redis://:redispw@cache:6379/0",

@@ -28,7 +28,7 @@ def unique(prefix: str) -> str:
 def test_webhook_body_and_headers_follow_the_contract(system: System) -> None:
     key = unique("t:body-")
     system.receiver.plan(key, Reply(callback="success"))
-    system.expire(key)
+    system.expire(key, value='{"contact": 7, "name": "Ana"}')
 
     [call] = system.receiver.wait_calls(key, 1)
     body, headers = call.body, call.headers
@@ -51,7 +51,7 @@ def test_webhook_body_and_headers_follow_the_contract(system: System) -> None:
     assert body["attempt"] == 1
     assert body["maxAttempts"] == 3
     assert body["callbackChannel"] == CALLBACK_CHANNEL
-    assert body["payload"] is None
+    assert body["payload"] == {"contact": 7, "name": "Ana"}
     assert isinstance(body["expiredAt"], int) and isinstance(body["timestamp"], int)
     assert 0 <= body["timestamp"] - body["expiredAt"] < 10_000
     uuid.UUID(body["jobId"])

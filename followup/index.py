@@ -1,0 +1,143 @@
+"""The schedule index: every live mapped key's deadline and value, kept in Redis by the listener.
+
+Keyspace notifications are fire-and-forget: a listener that is down misses expirations, two
+listeners see each one twice, the value is gone at expiry, and the expired event comes when Redis
+gets round to it. The index answers all four. The listener records each mapped key's deadline and
+value as it sees the key written (`index_keys.lua`); an expiration is enqueued only by whoever
+claims its entry (`claim_due.lua`, atomic, so exactly one listener does); a listener catches up on
+entries that came due while nobody listened; and a timer touches each key at its deadline, which
+makes Redis expire it and send its event at once.
+
+Layout (all in the watched database):
+  _followup:due     ZSET  key -> deadline (ms since the epoch)
+  _followup:values  HASH  key -> tagged value (see payloads.py)
+  _followup:firing  HASH  "<deadline>:<key>" -> "<claimed ms>:<tagged value>"  (claimed, not yet enqueued)
+  _followup:fired   ZSET  key -> claim time, the last 10 s (tells unknown keys from claimed ones)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import redis
+
+from followup import scripts
+from followup.jobs import PREFIX, Job
+from followup.payloads import decode_payload
+
+DUE = f"{PREFIX}due"
+VALUES = f"{PREFIX}values"
+FIRING = f"{PREFIX}firing"
+FIRED = f"{PREFIX}fired"
+JOB_NAMESPACE = uuid.UUID("5b6f0c1e-8d0a-4f4e-9a53-6f6c6c6f7775")
+
+
+def job_id(key: str, deadline: int) -> str:
+    """The jobId of one expiration: the same from every path that fires it (event, timer, catch-up)."""
+    return str(uuid.uuid5(JOB_NAMESPACE, f"{key}\0{deadline}"))
+
+
+@dataclass(frozen=True)
+class Claimed:
+    key: str
+    deadline: int
+    tagged: bytes
+
+    def job(self, payload_limit: int) -> Job:
+        payload, error = decode_payload(self.tagged, payload_limit)
+        return Job(job_id(self.key, self.deadline), self.key, self.deadline, payload, error)
+
+    @property
+    def firing_field(self) -> bytes:
+        return f"{self.deadline}:".encode() + self.key.encode()
+
+
+@dataclass(frozen=True)
+class TouchResult:
+    gone: list[str]  # due keys that no longer exist: their expired event is on its way
+    next_deadline: int | None  # the earliest deadline still in the future
+    looked_at: int
+
+
+class ScheduleIndex:
+    def __init__(self, client: redis.Redis, payload_limit: int) -> None:
+        self._redis = client
+        self._payload_limit = payload_limit
+        self._index = scripts.load(client, "index_keys")
+        self._forget = scripts.load(client, "forget_keys")
+        self._claim = scripts.load(client, "claim_due")
+        self._touch = scripts.load(client, "touch_due")
+        self._exact: str | None = None
+
+    def exact_flag(self) -> str:
+        """'1' when Redis has PEXPIRETIME (7.0+): deadlines then come to the millisecond from Redis."""
+        if self._exact is None:
+            version = str(self._redis.info("server").get("redis_version", "0"))
+            self._exact = "1" if int(version.split(".", maxsplit=1)[0]) >= 7 else "0"
+        return self._exact
+
+    def reset_connection_facts(self) -> None:
+        """After a reconnect the server may be another (version included)."""
+        self._exact = None
+
+    # The listener's writes --------------------------------------------------------------------
+
+    def index(self, keys: list[str], pipe: redis.client.Pipeline | None = None) -> list[int] | None:
+        args = [self._payload_limit, self.exact_flag(), *keys]
+        return self._index(keys=[DUE, VALUES], args=args, client=pipe)
+
+    def forget(self, keys: list[str], pipe: redis.client.Pipeline | None = None) -> None:
+        self._forget(keys=[DUE, VALUES], args=keys, client=pipe)
+
+    def claim(self, keys: list[str], unknown_too: bool, pipe: redis.client.Pipeline | None = None) -> object:
+        return self._claim(keys=[DUE, VALUES, FIRING, FIRED], args=["1" if unknown_too else "0", *keys], client=pipe)
+
+    def touch_due(self, limit: int) -> TouchResult:
+        raw = self._touch(keys=[DUE, VALUES], args=[limit, self.exact_flag()])
+        split = raw.index(b"")
+        gone = [key.decode("utf-8", "surrogateescape") for key in raw[:split]]
+        next_deadline = int(float(raw[split + 1]))
+        return TouchResult(gone, next_deadline if next_deadline >= 0 else None, int(raw[split + 2]))
+
+    def enqueued(self, claims: Iterable[Claimed]) -> None:
+        """The jobs of these claims are on the broker: drop them from the outbox."""
+        fields = [claim.firing_field for claim in claims]
+        if fields:
+            self._redis.hdel(FIRING, *fields)
+
+    def stale_firing(self, older_than_ms: int, now_ms: int) -> list[Claimed]:
+        """Claims whose enqueue never finished (their listener died): to enqueue again."""
+        stale = []
+        for field, value in self._redis.hscan_iter(FIRING, count=1000):
+            claimed_at, _, tagged = value.partition(b":")
+            if now_ms - int(claimed_at) >= older_than_ms:
+                deadline, _, key = field.partition(b":")
+                stale.append(Claimed(key.decode("utf-8", "surrogateescape"), int(deadline), tagged))
+        return stale
+
+    def due_keys(self, now_ms: int, batch: int = 1000) -> Iterator[list[str]]:
+        """Keys whose deadline has passed, in batches, oldest first."""
+        start = 0
+        while True:
+            keys = self._redis.zrangebyscore(DUE, "-inf", now_ms, start=start, num=batch)
+            if not keys:
+                return
+            yield [key.decode("utf-8", "surrogateescape") for key in keys]
+            if len(keys) < batch:
+                return
+            start += batch
+
+    def pending(self, limit: int, offset: int = 0) -> list[tuple[str, int]]:
+        rows = self._redis.zrange(DUE, offset, offset + limit - 1, withscores=True)
+        return [(key.decode("utf-8", "surrogateescape"), int(score)) for key, score in rows]
+
+    def size(self) -> int:
+        return int(self._redis.zcard(DUE))
+
+
+def parse_claims(raw: list[bytes]) -> list[Claimed]:
+    return [
+        Claimed(raw[i].decode("utf-8", "surrogateescape"), int(raw[i + 1]), raw[i + 2]) for i in range(0, len(raw), 3)
+    ]

@@ -1,0 +1,36 @@
+"""The `payload` of a follow-up: the key's value as written, kept by the index until expiry.
+
+The index stores each value tagged by its first byte:
+  v<bytes>   a string value, carried: JSON-decoded when it parses, else the text
+  o<size>    a string value over PAYLOAD_MAX_BYTES: not carried
+  t<type>    a hash, list, set, zset or stream: not carried (only string values are)
+  n          no value known (the key expired before any listener saw it written)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def tag_value(value: bytes, limit: int) -> bytes:
+    return b"v" + value if len(value) <= limit else b"o" + str(len(value)).encode()
+
+
+def decode_payload(tagged: bytes, limit: int) -> tuple[Any, str | None]:
+    """(payload, payloadError): the payload for the webhook body, or None and why."""
+    tag, body = tagged[:1], tagged[1:]
+    if tag == b"v":
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, f"the value is not UTF-8 text ({len(body)} bytes)"
+        try:
+            return json.loads(text), None
+        except (ValueError, RecursionError):
+            return text, None
+    if tag == b"o":
+        return None, f"the value has {int(body)} bytes, over PAYLOAD_MAX_BYTES ({limit})"
+    if tag == b"t":
+        return None, f"the value is a {body.decode()}; only string values are carried"
+    return None, "the value was not recorded: no listener saw the key written before it expired"
