@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import redis
 
+import followup
 from followup.connections import subscriber_client
 from followup.embedded import RedisServer, free_port, redis_server_binary
 
@@ -67,11 +69,13 @@ def run_dev() -> int:
         say("  Flower  http://localhost:5555  (every job, its attempts and state)")
         if receiver:
             say(f"  Demo    keys matching {DEMO_PATTERN} call {receiver.url}, which confirms each job")
-            client.set("demo:welcome", "1", px=3000)
+            followup.schedule("demo:welcome", 3, {"hello": "followup"}, client=client)
             say("  A first follow-up, demo:welcome, fires in 3 seconds.")
         say("\nTry next, in another terminal:")
-        say("  .venv/bin/followup schedule demo:hello --in 5s")
-        say(f"  redis-cli -p {port} SET demo:bye 1 PX 2000")
+        say("""  .venv/bin/followup schedule demo:hello --in 5s --payload '{"name": "Ana"}'""")
+        if shutil.which("redis-cli"):
+            say(f"  redis-cli -p {port} SET demo:bye '\"any value\"' PX 2000")
+        say("  .venv/bin/followup pending")
         say("Ctrl-C stops everything.\n")
         children.wait()
     except KeyboardInterrupt:
@@ -159,7 +163,7 @@ def _demo_handler(client: redis.Redis, callback_channel: str) -> type[BaseHTTPRe
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             say(
                 f"[demo    ] webhook: key {body.get('key')!r} expired, job {body.get('jobId')}, "
-                f"attempt {body.get('attempt')}; confirming"
+                f"attempt {body.get('attempt')}, payload {json.dumps(body.get('payload'))}; confirming"
             )
             client.publish(callback_channel, json.dumps({"jobId": body.get("jobId"), "status": "success"}))
             self.send_response(200)

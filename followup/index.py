@@ -6,7 +6,7 @@ gets round to it. The index answers all four. The listener records each mapped k
 value as it sees the key written (`index_keys.lua`); an expiration is enqueued only by whoever
 claims its entry (`claim_due.lua`, atomic, so exactly one listener does); a listener catches up on
 entries that came due while nobody listened; and a timer touches each key at its deadline, which
-makes Redis expire it and send its event at once.
+makes Redis expire it on the spot — and claims it in the same step (`fire_due.lua`).
 
 Layout (all in the watched database):
   _followup:due     ZSET  key -> deadline (ms since the epoch)
@@ -55,9 +55,10 @@ class Claimed:
 
 
 @dataclass(frozen=True)
-class TouchResult:
-    gone: list[str]  # due keys that no longer exist: their expired event is on its way
-    next_deadline: int | None  # the earliest deadline still in the future
+class FireResult:
+    claimed: list[Claimed]  # due keys this touch expired: claimed, to enqueue
+    gone: list[str]  # due keys already gone: their expired (or del) event decides
+    next_deadline: int | None  # the deadline to wake for next
     looked_at: int
 
 
@@ -68,7 +69,7 @@ class ScheduleIndex:
         self._index = scripts.load(client, "index_keys")
         self._forget = scripts.load(client, "forget_keys")
         self._claim = scripts.load(client, "claim_due")
-        self._touch = scripts.load(client, "touch_due")
+        self._fire_due = scripts.load(client, "fire_due")
         self._exact: str | None = None
 
     def exact_flag(self) -> str:
@@ -94,12 +95,16 @@ class ScheduleIndex:
     def claim(self, keys: list[str], unknown_too: bool, pipe: redis.client.Pipeline | None = None) -> object:
         return self._claim(keys=[DUE, VALUES, FIRING, FIRED], args=["1" if unknown_too else "0", *keys], client=pipe)
 
-    def touch_due(self, limit: int) -> TouchResult:
-        raw = self._touch(keys=[DUE, VALUES], args=[limit, self.exact_flag()])
-        split = raw.index(b"")
-        gone = [key.decode("utf-8", "surrogateescape") for key in raw[:split]]
-        next_deadline = int(float(raw[split + 1]))
-        return TouchResult(gone, next_deadline if next_deadline >= 0 else None, int(raw[split + 2]))
+    def fire_due(self, limit: int) -> FireResult:
+        """Touch the entries whose deadline has come; claim those the touch expired."""
+        raw = self._fire_due(keys=[DUE, VALUES, FIRING, FIRED], args=[limit, self.exact_flag()])
+        first = raw.index(b"")
+        second = raw.index(b"", first + 1)
+        gone = [key.decode("utf-8", "surrogateescape") for key in raw[first + 1 : second]]
+        next_deadline = int(raw[second + 1])
+        return FireResult(
+            parse_claims(raw[:first]), gone, next_deadline if next_deadline >= 0 else None, int(raw[second + 2])
+        )
 
     def enqueued(self, claims: Iterable[Claimed]) -> None:
         """The jobs of these claims are on the broker: drop them from the outbox."""

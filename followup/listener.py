@@ -3,7 +3,7 @@
 One loop, one thread for the events and the timer: it reads every key event of the watched
 database in batches, keeps the schedule index (index.py) in step with them, and sleeps until the
 next deadline or the next event, whichever comes first — no polling. At a deadline it touches the
-due keys, which makes Redis expire them and send their expired events at once; an expired event
+due keys, which makes Redis expire them on the spot and claims them in the same step; an expired event
 claims the key's entry and enqueues its job. On start and after every reconnect it catches up on
 what came due while nobody listened, and a background scan indexes mapped keys it has not seen.
 The listener never does the HTTP work itself.
@@ -192,12 +192,13 @@ class Listener:
     def _on_timer(self, backlog_drained: bool) -> None:
         with self._wake_lock:
             self._next_wake = None
-        result = self._index.touch_due(TOUCH_LIMIT)
+        result = self._index.fire_due(TOUCH_LIMIT)
+        self._fire(result.claimed, "timer")
         now = time.monotonic()
         for key in result.gone:
             self._awaiting.setdefault(key, now)
         if result.looked_at >= TOUCH_LIMIT:
-            self._wake_at(now_ms())  # more are due: after the events this touch set off
+            self._wake_at(now_ms())  # more are due
         elif result.next_deadline is not None:
             self._wake_at(result.next_deadline + 1)  # Redis expires a key once its deadline has passed
         if backlog_drained:
@@ -207,7 +208,7 @@ class Listener:
                 # del event: it is due and gone, so it fires now.
                 for key in overdue:
                     del self._awaiting[key]
-                self._fire(parse_claims(self._index.claim(overdue, unknown_too=False)), "timer")
+                self._fire(parse_claims(self._index.claim(overdue, unknown_too=False)), "timer, no event")
         if self._awaiting:
             self._wake_at(now_ms() + 1000 * (min(self._awaiting.values()) + EVENT_GRACE - now))
 
@@ -221,13 +222,12 @@ class Listener:
             self._fire(stale, "catch-up (outbox)")
         total = 0
         while True:
-            result = self._index.touch_due(TOUCH_LIMIT)
-            if result.gone:
-                # Nobody listened when these came due: their events are lost, so they fire now.
-                claims = parse_claims(self._index.claim(result.gone, unknown_too=False))
-                total += len(claims)
-                self._fire(claims, "catch-up")
-            if result.looked_at < TOUCH_LIMIT or not result.gone:
+            result = self._index.fire_due(TOUCH_LIMIT)
+            # Nobody listened when the gone ones came due: their events are lost, so they fire now.
+            claims = result.claimed + parse_claims(self._index.claim(result.gone, unknown_too=False))
+            total += len(claims)
+            self._fire(claims, "catch-up")
+            if result.looked_at < TOUCH_LIMIT or not claims:
                 break
         if total:
             log.info("caught up: %d follow-up(s) came due while no listener ran", total)
