@@ -123,6 +123,7 @@ class CallbackHub:
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._stopping = threading.Event()
+        self.connected = False
         self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> None:
@@ -186,6 +187,7 @@ class CallbackHub:
                 pubsub.subscribe(self._channel)
                 for message in pubsub.listen():
                     if message["type"] == "subscribe":
+                        self.connected = True
                         if delay > 0.1:
                             log.info("callback subscription to %s is back", self._channel)
                         delay = 0.1
@@ -195,6 +197,7 @@ class CallbackHub:
                     if self._stopping.is_set():
                         break
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self.connected = False
                 log.warning("callback subscription lost (%s); reconnecting in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)

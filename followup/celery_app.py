@@ -16,13 +16,12 @@ app.conf.include = ["followup.tasks"]
 
 @after_setup_logger.connect
 @after_setup_task_logger.connect
-def _mask_secrets(logger: logging.Logger, **_: object) -> None:
+def _prepare_handlers(logger: logging.Logger, **_: object) -> None:
     from followup.config import settings
-    from followup.redaction import SecretFilter
+    from followup.logs import prepare_handler
 
-    secret_filter = SecretFilter(settings().secrets())
     for handler in logger.handlers:
-        handler.addFilter(secret_filter)
+        prepare_handler(handler, settings())
 
 
 _sweeper: UnackedSweeper | None = None
@@ -34,7 +33,11 @@ def _start_worker_services(**_: object) -> None:
     from followup.worker import runtime
 
     # Subscribe to callbacks before the first job arrives rather than on its first attempt.
-    runtime()
+    worker_runtime = runtime()
+    if worker_runtime.settings.metrics_port:
+        from followup.metrics import serve
+
+        serve(worker_runtime.settings.metrics_port, worker_runtime.metrics.registry, worker_runtime.health)
     _sweeper = UnackedSweeper(app)
     _sweeper.start()
 

@@ -63,8 +63,13 @@ def listen() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    listener = Listener(config, celery_enqueue(config))
+    if config.metrics_port:
+        from followup.metrics import serve
+
+        serve(config.metrics_port, listener.metrics.registry, listener.health)
     try:
-        Listener(config, celery_enqueue(config)).run(stop)
+        listener.run(stop)
     except NotificationsOff as exc:
         click.echo(f"followup listen: {exc}", err=True)
         sys.exit(2)
@@ -99,8 +104,10 @@ def flower(ctx: click.Context) -> None:
             "followup flower: FLOWER_BASIC_AUTH is not set: the dashboard is open to anyone who can reach its port",
             err=True,
         )
-    # Flower reads FLOWER_BASIC_AUTH from the environment itself; passing it as an argument
-    # would show the password in `ps`.
+    # Flower reads FLOWER_BASIC_AUTH from the environment itself (here it may have come from
+    # FLOWER_BASIC_AUTH_FILE); passing it as an argument would show the password in `ps`.
+    if config.flower_basic_auth:
+        os.environ["FLOWER_BASIC_AUTH"] = config.flower_basic_auth
     _exec_celery(["flower", *ctx.args])
 
 
@@ -230,6 +237,18 @@ def dead_replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
         click.echo(f"{job_id}: replaying ({letter.key})")
     if missing:
         sys.exit(1)
+
+
+@main.command()
+def check() -> None:
+    """The doctor: Redis, notify flags, mapping, webhook hosts, visibility timeout, Flower auth."""
+    from followup.doctor import run_checks
+
+    failed = False
+    for result in run_checks(load_settings()):
+        click.echo(result.line())
+        failed |= result.verdict == "fail"
+    sys.exit(1 if failed else 0)
 
 
 @main.command()

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from followup.durations import parse_duration
@@ -21,6 +22,8 @@ from followup.redaction import redact_userinfo
 
 Lookup = Callable[[str], "str | None"]
 
+# Variables whose value may instead come from a file named by NAME_FILE (Docker secrets).
+SECRET_FILES = frozenset({"REDIS_URL", "CELERY_BROKER_URL", "WEBHOOK_SECRET", "API_TOKEN", "FLOWER_BASIC_AUTH"})
 # A killed worker's messages come back this long after the longest a live worker can hold one.
 VISIBILITY_MARGIN = 30.0
 # How far the last, capped backoff may be stretched by jitter (the contract: up to 25 %).
@@ -51,6 +54,7 @@ class Settings:
     api_token: str | None
     flower_basic_auth: str | None
     debug: bool
+    log_format: str  # text | json
 
     @property
     def longest_attempt(self) -> float:
@@ -137,6 +141,7 @@ def load_settings(lookup: Lookup) -> Settings:
         api_token=env.raw("API_TOKEN") or None,
         flower_basic_auth=env.basic_auth("FLOWER_BASIC_AUTH"),
         debug=env.boolean("DEBUG", False),
+        log_format=env.choice("LOG_FORMAT", ("text", "json")),
     )
     visibility = env.optional_duration("BROKER_VISIBILITY_TIMEOUT")
     if visibility is None:
@@ -162,7 +167,19 @@ class _Env:
         value = self._lookup(name)
         if (value is None or value == "") and alias:
             value = self._lookup(alias)
+        if value in (None, "") and name in SECRET_FILES:
+            value = self._secret_file(name)
         return value if value not in (None, "") else None
+
+    def _secret_file(self, name: str) -> str | None:
+        """NAME_FILE names a file holding NAME's value: how Docker secrets reach a process."""
+        path = self._lookup(f"{name}_FILE")
+        if not path:
+            return None
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE", repr(path), f"a readable file ({exc.strerror})") from None
 
     def _name_of(self, name: str, alias: str | None) -> str:
         """The variable actually read, so that an error names the one the user set."""
@@ -213,6 +230,14 @@ class _Env:
         if number < minimum or (maximum is not None and number > maximum):
             raise ConfigError(self._name_of(name, alias), repr(value), expected)
         return number
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        value = self.raw(name)
+        if value is None:
+            return choices[0]
+        if value.strip().lower() not in choices:
+            raise ConfigError(name, repr(value), " or ".join(choices))
+        return value.strip().lower()
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self.raw(name)

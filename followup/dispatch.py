@@ -16,6 +16,7 @@ from followup.config import Settings
 from followup.errors import DispatchError
 from followup.jobs import Job, now_ms
 from followup.mapping import Rule
+from followup.metrics import WorkerMetrics, outcome_of
 from followup.signing import signature_headers
 
 log = logging.getLogger("followup.dispatch")
@@ -56,10 +57,13 @@ def http_session(pool_size: int) -> requests.Session:
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, client: redis.Redis, session: requests.Session) -> None:
+    def __init__(
+        self, settings: Settings, client: redis.Redis, session: requests.Session, metrics: WorkerMetrics
+    ) -> None:
         self._settings = settings
         self._redis = client
         self._session = session
+        self._metrics = metrics
 
     def send(self, job: Job, rule: Rule, attempt: int) -> None:
         """POST the webhook, then PUBLISH on the channel; raise DispatchError if either fails."""
@@ -90,12 +94,15 @@ class Dispatcher:
                 status = response.status_code
                 _drain(response)
         except requests.Timeout:
+            self._metrics.webhook_duration.labels("timeout").observe(time.monotonic() - started)
             raise DispatchError(f"webhook timed out after {timeout:g}s") from None
         except requests.RequestException as exc:
+            self._metrics.webhook_duration.labels("error").observe(time.monotonic() - started)
             log.debug("webhook for job %s failed", job.id, exc_info=True)
             raise DispatchError(f"webhook failed: {type(exc).__name__}: {_reason(exc)}") from None
-        elapsed = (time.monotonic() - started) * 1000
-        log.debug("webhook for job %s answered %s in %.0f ms", job.id, status, elapsed)
+        elapsed = time.monotonic() - started
+        self._metrics.webhook_duration.labels(outcome_of(status)).observe(elapsed)
+        log.debug("webhook for job %s answered %s in %.0f ms", job.id, status, elapsed * 1000)
         if not 200 <= status < 300:
             raise DispatchError(f"webhook answered HTTP {status}")
 

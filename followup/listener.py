@@ -24,6 +24,7 @@ from followup.config import Settings
 from followup.connections import redis_client, subscriber_client
 from followup.index import Claimed, ScheduleIndex, parse_claims
 from followup.jobs import PREFIX, Job, now_ms
+from followup.metrics import ListenerMetrics
 from followup.notifications import ensure_flags
 
 log = logging.getLogger("followup.listener")
@@ -74,6 +75,25 @@ class Listener:
         self._awaiting: dict[str, float] = {}  # touched keys that vanished -> when (monotonic)
         self._next_wake: float | None = None  # epoch ms
         self._wake_lock = threading.Lock()
+        self._connected = False
+        self._heartbeat = time.monotonic()
+        self.metrics = ListenerMetrics()
+        self.metrics.index_size.set_function(self._index_size)
+
+    def health(self) -> tuple[bool, str]:
+        """For /healthz: subscribed to Redis, and the loop turning."""
+        if not self._connected:
+            return False, f"not connected to Redis at {self._settings.masked_redis_url}"
+        stalled = time.monotonic() - self._heartbeat
+        if stalled > 10 * MAX_SLEEP:
+            return False, f"the event loop has not turned for {stalled:.0f}s"
+        return True, f"listening on {self._pattern}"
+
+    def _index_size(self) -> float:
+        try:
+            return float(self._index.size())
+        except redis.RedisError:
+            return float("nan")
 
     # The loop -----------------------------------------------------------------------------
 
@@ -85,8 +105,10 @@ class Listener:
                 self._session(stop)
                 delay = RECONNECT_MIN
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._connected = False
                 if stop.is_set():
                     break
+                self.metrics.reconnects.inc()
                 wait = delay * random.uniform(1.0, 1.25)
                 log.warning("lost Redis at %s (%s); reconnecting in %.1fs", self._settings.masked_redis_url, exc, wait)
                 stop.wait(wait)
@@ -111,13 +133,16 @@ class Listener:
                 report,
             )
             self._wake_at(now_ms())
+            self._connected = True
             while not stop.is_set():
+                self._heartbeat = time.monotonic()
                 messages = _read_batch(pubsub, self._sleep_seconds())
                 if messages:
                     self.handle(messages)
                 if self._due():
                     self._on_timer(backlog_drained=len(messages) < BATCH)
         finally:
+            self._connected = False
             scan_stop.set()
             pubsub.close()
 
@@ -144,6 +169,7 @@ class Listener:
         ops: list[tuple[str, str]] = []
         for message in messages:
             event = message["channel"].rpartition(b":")[2]
+            self.metrics.events.labels(event.decode("ascii", "replace")).inc()
             op = (
                 "index"
                 if event in _INDEX_EVENTS
@@ -158,6 +184,7 @@ class Listener:
                 ops.append((op, key))
         if not ops:
             return
+        self.metrics.matched.inc(len(ops))
         pipe = self._redis.pipeline(transaction=False)
         runs = [(op, [key for _, key in group]) for op, group in groupby(ops, key=lambda pair: pair[0])]
         for op, keys in runs:
@@ -168,14 +195,16 @@ class Listener:
             else:
                 self._index.claim(keys, unknown_too=True, pipe=pipe)
         claims: list[Claimed] = []
-        for (op, _keys), result in zip(runs, pipe.execute(), strict=True):
+        for (op, keys), result in zip(runs, pipe.execute(), strict=True):
             if op == "index":
                 deadlines = [d for d in result if d > 0]
                 if deadlines:
                     self._wake_at(min(deadlines) + 1)
             elif op == "claim":
-                claims += parse_claims(result)
-        self._fire(claims, "expired event")
+                claimed = parse_claims(result)
+                self.metrics.duplicates.inc(len(keys) - len(claimed))
+                claims += claimed
+        self._fire(claims, "event")
 
     def _mapped_key(self, raw: bytes) -> str | None:
         try:
@@ -208,7 +237,7 @@ class Listener:
                 # del event: it is due and gone, so it fires now.
                 for key in overdue:
                     del self._awaiting[key]
-                self._fire(parse_claims(self._index.claim(overdue, unknown_too=False)), "timer, no event")
+                self._fire(parse_claims(self._index.claim(overdue, unknown_too=False)), "timer_no_event")
         if self._awaiting:
             self._wake_at(now_ms() + 1000 * (min(self._awaiting.values()) + EVENT_GRACE - now))
 
@@ -219,17 +248,18 @@ class Listener:
         stale = self._index.stale_firing(older_than_ms=0, now_ms=now_ms())
         if stale:
             log.info("enqueueing %d claimed follow-up(s) a stopped listener left behind", len(stale))
-            self._fire(stale, "catch-up (outbox)")
+            self._fire(stale, "outbox")
         total = 0
         while True:
             result = self._index.fire_due(TOUCH_LIMIT)
             # Nobody listened when the gone ones came due: their events are lost, so they fire now.
             claims = result.claimed + parse_claims(self._index.claim(result.gone, unknown_too=False))
             total += len(claims)
-            self._fire(claims, "catch-up")
+            self._fire(claims, "catch_up")
             if result.looked_at < TOUCH_LIMIT or not claims:
                 break
         if total:
+            self.metrics.caught_up.inc(total)
             log.info("caught up: %d follow-up(s) came due while no listener ran", total)
 
     def _scan(self, stop: threading.Event) -> None:
@@ -264,6 +294,8 @@ class Listener:
     # Enqueueing ---------------------------------------------------------------------------
 
     def _fire(self, claims: list[Claimed], path: str) -> None:
+        """Enqueue the jobs of these claims; `path` (event, timer, timer_no_event, outbox, catch_up)
+        says what fired them, in logs and in the enqueued metric."""
         if not claims:
             return
         for claim in claims:
@@ -276,8 +308,11 @@ class Listener:
             log.exception("could not enqueue %d job(s); they stay claimed and are retried on reconnect", len(jobs))
             raise redis.ConnectionError("enqueue failed") from None
         self._index.enqueued(claims)
+        self.metrics.enqueued.labels(path).inc(len(jobs))
+        enqueued_at = now_ms()
         for job in jobs:
-            lateness = now_ms() - job.expired_at
+            lateness = enqueued_at - job.expired_at
+            self.metrics.lateness.observe(max(lateness, 0) / 1000)
             log.info("key %r expired: job %s queued (%s, %d ms after its deadline)", job.key, job.id, path, lateness)
             if job.payload_error:
                 log.warning("job %s carries no payload: %s", job.id, job.payload_error)

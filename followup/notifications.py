@@ -38,7 +38,7 @@ def ensure_flags(client: redis.Redis, db: int, wanted: str = "Ex") -> str:
     try:
         current = _text(client.config_get(SETTING).get(SETTING, b""))
     except redis.ResponseError as exc:
-        return _probe(client, db, f"CONFIG GET is refused ({exc})")
+        return probe_expired_events(client, db, f"CONFIG GET is refused ({exc})")
     missing = missing_flags(current, wanted)
     if not missing:
         return f"{SETTING} is {current!r}"
@@ -52,7 +52,8 @@ def ensure_flags(client: redis.Redis, db: int, wanted: str = "Ex") -> str:
     return f"{SETTING} was {current!r}, added {missing!r}"
 
 
-def _probe(client: redis.Redis, db: int, why: str) -> str:
+def probe_expired_events(client: redis.Redis, db: int, why: str = "CONFIG is refused") -> str:
+    """Whether Redis sends expired events, found out with a key that expires at once."""
     probe = f"{PREFIX}probe:{uuid.uuid4().hex}".encode()
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:

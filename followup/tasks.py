@@ -52,6 +52,7 @@ def deliver(
         log.warning("job %s attempt %d interrupted (%s); runs again in %.1fs", job.id, attempt, exc, delay)
         raise self.retry(countdown=delay, exc=exc, kwargs={**again, "attempt": attempt}) from None
     if outcome.kind == "success":
+        rt.metrics.attempts.labels("success").observe(attempt)
         log.info("job %s (%s) succeeded on attempt %d: %s", job.id, key, attempt, outcome.reason)
         return outcome.kind
     if outcome.kind == "skipped":
@@ -63,6 +64,8 @@ def deliver(
         raise self.retry(countdown=outcome.retry_after + 1, kwargs={**again, "attempt": attempt})
     if attempt >= settings.max_attempts:
         rt.store.dead_letter(job, attempt, outcome.reason)
+        rt.metrics.attempts.labels("failed").observe(attempt)
+        rt.metrics.dead_lettered.inc()
         log.error("job %s (%s) failed after %d attempts: %s; dead-lettered", job.id, key, attempt, outcome.reason)
         raise JobFailed(f"{outcome.reason} (after {attempt} attempts)")
     delay = retry_delay(settings, attempt)

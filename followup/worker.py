@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import redis
@@ -20,6 +21,7 @@ from followup.dispatch import Dispatcher, http_session
 from followup.durations import format_duration
 from followup.errors import DispatchError
 from followup.jobs import Job, JobStore
+from followup.metrics import WorkerMetrics
 
 log = logging.getLogger("followup.worker")
 
@@ -38,6 +40,7 @@ class WorkerRuntime:
     store: JobStore
     hub: CallbackHub
     dispatcher: Dispatcher
+    metrics: WorkerMetrics
 
     @classmethod
     def start(cls, settings: Settings) -> WorkerRuntime:
@@ -49,8 +52,17 @@ class WorkerRuntime:
             offer=lambda cb: store.offer(cb.job_id, cb.status, cb.raw, cb.error),
         )
         hub.start()
+        metrics = WorkerMetrics()
+        metrics.waiting.set_function(lambda: hub.waiting)
         pool = max(10, settings.worker_concurrency or 100)
-        return cls(settings, client, store, hub, Dispatcher(settings, client, http_session(pool)))
+        dispatcher = Dispatcher(settings, client, http_session(pool), metrics)
+        return cls(settings, client, store, hub, dispatcher, metrics)
+
+    def health(self) -> tuple[bool, str]:
+        """For /healthz: the callback subscription is live."""
+        if not self.hub.connected:
+            return False, "callback subscription is down"
+        return True, f"{self.hub.waiting} attempt(s) waiting for callbacks"
 
     def stop(self) -> None:
         self.hub.stop()
@@ -97,6 +109,7 @@ def run_attempt(rt: WorkerRuntime, job: Job, attempt: int) -> Outcome:
             rt.store.release(job, attempt, str(exc))
             return Outcome("failed", str(exc))
         timeout = rt.settings.callback_timeout
+        dispatched = time.monotonic()
         if timeout == 0:
             return _succeed(rt, job, attempt, "dispatched (WORKER_CALLBACK_TIMEOUT=0: no callback awaited)")
         callback = waiter.wait(timeout)
@@ -108,6 +121,7 @@ def run_attempt(rt: WorkerRuntime, job: Job, attempt: int) -> Outcome:
             callback = waiter.close()
             if callback is None:
                 return Outcome("failed", reason)
+        rt.metrics.callback_wait.observe(time.monotonic() - dispatched)
         if callback.ok:
             return _succeed(rt, job, attempt, "callback confirmed it")
         reason = f"callback status {callback.status!r}" + (f": {callback.error}" if callback.error else "")

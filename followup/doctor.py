@@ -1,0 +1,89 @@
+"""`followup check`: is this setup able to follow up? One line per check: ok, warn or fail."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import redis
+
+from followup.config import Settings
+from followup.durations import format_duration
+from followup.listener import NOTIFY_FLAGS
+from followup.notifications import SETTING, NotificationsOff, missing_flags, probe_expired_events
+from followup.redaction import redact_userinfo
+
+
+@dataclass(frozen=True)
+class Check:
+    verdict: str  # ok | warn | fail
+    subject: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.verdict:<5} {self.subject}: {self.detail}"
+
+
+def run_checks(settings: Settings) -> Iterator[Check]:
+    watched = yield from _redis_checks("redis", settings.redis_url)
+    if settings.broker_url != settings.redis_url:
+        yield from _redis_checks("broker", settings.broker_url)
+    if watched is not None:
+        yield _notify_flags(watched, settings.redis_db)
+    yield Check("ok", "mapping", f"{len(settings.mapping.rules)} rule(s) parsed")
+    yield from _webhook_hosts(settings)
+    parts = [settings.longest_backoff, settings.webhook_timeout, settings.callback_timeout]
+    backoff, webhook, callback = (format_duration(part) for part in parts)
+    yield Check(
+        "ok",
+        "visibility timeout",
+        f"{format_duration(settings.visibility_timeout)}, above the longest a worker holds a job "
+        f"({format_duration(settings.longest_hold)}: backoff {backoff} + webhook {webhook} + callback {callback})",
+    )
+    if settings.flower_basic_auth:
+        yield Check("ok", "flower", "FLOWER_BASIC_AUTH is set")
+    else:
+        yield Check("warn", "flower", "FLOWER_BASIC_AUTH is not set: the dashboard would be open to anyone")
+
+
+def _redis_checks(name: str, url: str) -> Iterator[Check]:
+    shown = redact_userinfo(url)
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+    try:
+        version = client.info("server").get("redis_version", "?")
+    except redis.RedisError as exc:
+        yield Check("fail", name, f"cannot reach {shown}: {redact_userinfo(str(exc))}")
+        return None
+    yield Check("ok", name, f"reachable at {shown}, Redis {version}")
+    return client
+
+
+def _notify_flags(client: redis.Redis, db: int) -> Check:
+    try:
+        current = client.config_get(SETTING).get(SETTING, "")
+        current = current.decode() if isinstance(current, bytes) else current
+    except redis.ResponseError:
+        try:
+            probe_expired_events(client, db)
+        except NotificationsOff:
+            return Check("fail", SETTING, f"CONFIG is refused and expired events are off: set it to {NOTIFY_FLAGS!r}")
+        return Check(
+            "warn", SETTING, f"CONFIG is refused; expired events arrive, the other flags of {NOTIFY_FLAGS!r} unverified"
+        )
+    missing = missing_flags(current, NOTIFY_FLAGS)
+    if missing:
+        return Check("ok", SETTING, f"{current!r} lacks {missing!r}; the listener adds it at start (CONFIG is allowed)")
+    return Check("ok", SETTING, f"{current!r}")
+
+
+def _webhook_hosts(settings: Settings) -> Iterator[Check]:
+    hosts = sorted({urlsplit(rule.webhook_url).hostname or "" for rule in settings.mapping.rules if rule.webhook_url})
+    for host in hosts:
+        try:
+            addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        except (OSError, UnicodeError) as exc:
+            yield Check("fail", "webhook host", f"{host} does not resolve ({exc})")
+        else:
+            yield Check("ok", "webhook host", f"{host} resolves to {', '.join(sorted(addresses)[:3])}")
