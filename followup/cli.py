@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
@@ -249,6 +250,43 @@ def check() -> None:
         click.echo(result.line())
         failed |= result.verdict == "fail"
     sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.option("--role", type=click.Choice(["auto", "listen", "worker", "flower"]), default="auto", show_default=True)
+def health(role: str) -> None:
+    """Container health check: asks this container's process for /healthz (Flower: /healthcheck)."""
+    import urllib.error
+    import urllib.request
+
+    config = load_settings()
+    if role == "auto":
+        role = _container_role()
+    if role == "flower":
+        url = f"http://127.0.0.1:{os.environ.get('FLOWER_PORT', '5555')}/healthcheck"
+    elif config.metrics_port:
+        url = f"http://127.0.0.1:{config.metrics_port}/healthz"
+    else:
+        click.echo("METRICS_PORT is not set: nothing to ask", err=True)
+        sys.exit(1)
+    try:
+        with urllib.request.urlopen(url, timeout=4) as response:
+            click.echo(response.read().decode(errors="replace").strip())
+    except (urllib.error.URLError, OSError) as exc:
+        click.echo(f"unhealthy: {url}: {exc}", err=True)
+        sys.exit(1)
+
+
+def _container_role() -> str:
+    """What PID 1 runs: flower, worker or listen (a container's main process)."""
+    try:
+        command = Path("/proc/1/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "listen"
+    for role in (b"flower", b"worker"):
+        if role in command:
+            return role.decode()
+    return "listen"
 
 
 @main.command()

@@ -22,6 +22,39 @@ from followup.redaction import redact_userinfo
 
 Lookup = Callable[[str], "str | None"]
 
+# Every variable followup reads (aliases and NAME_FILE forms below), for checks of deploy files.
+VARIABLES = frozenset(
+    [
+        "REDIS_URL",
+        "CELERY_BROKER_URL",
+        "KEY_WEBHOOK_MAPPING",
+        "QUEUE_NAME",
+        "CALLBACK_CHANNEL",
+        "SUCCESS_CHANNEL",
+        "FAILURE_CHANNEL",
+        "WORKER_CALLBACK_TIMEOUT",
+        "MAX_ATTEMPTS",
+        "BACKOFF_DELAY",
+        "BACKOFF_MAX",
+        "WORKER_CONCURRENCY",
+        "WEBHOOK_TIMEOUT",
+        "WEBHOOK_SECRET",
+        "BROKER_VISIBILITY_TIMEOUT",
+        "PAYLOAD_MAX_BYTES",
+        "METRICS_PORT",
+        "API_PORT",
+        "API_TOKEN",
+        "FLOWER_BASIC_AUTH",
+        "DEBUG",
+        "LOG_FORMAT",
+    ]
+)
+ALIASES = {
+    "BULLMQ_QUEUE_NAME": "QUEUE_NAME",
+    "BULLMQ_ATTEMPTS": "MAX_ATTEMPTS",
+    "BULLMQ_BACKOFF_DELAY": "BACKOFF_DELAY",
+    "BULLMQ_CONCURRENCY": "WORKER_CONCURRENCY",
+}
 # Variables whose value may instead come from a file named by NAME_FILE (Docker secrets).
 SECRET_FILES = frozenset({"REDIS_URL", "CELERY_BROKER_URL", "WEBHOOK_SECRET", "API_TOKEN", "FLOWER_BASIC_AUTH"})
 # A killed worker's messages come back this long after the longest a live worker can hold one.
