@@ -34,6 +34,7 @@ class Callback:
     status: str
     error: str | None
     raw: str
+    attempt: int | None = None  # the attempt the flow answers, when it says (the webhook body has it)
 
     @property
     def ok(self) -> bool:
@@ -67,11 +68,15 @@ def parse_callback(data: bytes | str) -> Callback:
     error = message.get("error")
     if error is not None and not isinstance(error, str):
         error = json.dumps(error, ensure_ascii=False)
+    attempt = message.get("attempt")
+    if isinstance(attempt, bool) or not isinstance(attempt, int):
+        attempt = None
     return Callback(
         job_id=str(job_id),
         status=status.strip().lower(),
         error=error[:MAX_ERROR_CHARS] if error else None,
         raw=text,
+        attempt=attempt,
     )
 
 
@@ -80,18 +85,33 @@ def _preview(text: str) -> str:
 
 
 class Waiter:
-    """One attempt's wait for its callback; the first callback delivered wins."""
+    """One attempt's wait for its callback; the first callback that is about it wins.
 
-    def __init__(self, hub: CallbackHub, job_id: str) -> None:
+    A failure is about this attempt only once it has been dispatched (armed), and not when the
+    callback names an earlier attempt: a slow flow's answer to the previous attempt must not
+    fail this one. A success always counts: the job is done whichever attempt the flow answers.
+    """
+
+    def __init__(self, hub: CallbackHub, job_id: str, attempt: int) -> None:
         self._hub = hub
         self.job_id = job_id
+        self.attempt = attempt
+        self._armed = False
         self._arrived = threading.Event()
         self._callback: Callback | None = None
 
+    def arm(self) -> None:
+        """The attempt is about to dispatch: from now on a failure callback is about it."""
+        self._armed = True
+
     def deliver(self, callback: Callback) -> None:
-        if self._callback is None:
-            self._callback = callback
-            self._arrived.set()
+        if self._callback is not None:
+            return
+        if not callback.ok and (not self._armed or (callback.attempt or self.attempt) < self.attempt):
+            log.info("ignored a %r callback for job %s: it answers an earlier attempt", callback.status, self.job_id)
+            return
+        self._callback = callback
+        self._arrived.set()
 
     def wait(self, timeout: float) -> Callback | None:
         self._arrived.wait(timeout)
@@ -119,7 +139,7 @@ class CallbackHub:
         self._client = client
         self._channel = channel
         self._offer = offer
-        self._waiters: dict[str, Waiter] = {}
+        self._waiters: dict[str, list[Waiter]] = {}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._stopping = threading.Event()
@@ -140,16 +160,21 @@ class CallbackHub:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    def register(self, job_id: str) -> Waiter:
-        waiter = Waiter(self, job_id)
+    def register(self, job_id: str, attempt: int) -> Waiter:
+        # A list: a duplicate delivery of the same job in this process registers beside the
+        # attempt that runs, and leaving must not take the other's registration with it.
+        waiter = Waiter(self, job_id, attempt)
         with self._lock:
-            self._waiters[job_id] = waiter
+            self._waiters.setdefault(job_id, []).append(waiter)
         return waiter
 
     def unregister(self, waiter: Waiter) -> None:
         with self._lock:
-            if self._waiters.get(waiter.job_id) is waiter:
-                del self._waiters[waiter.job_id]
+            waiters = self._waiters.get(waiter.job_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(waiter.job_id, None)
 
     def handle(self, data: bytes | str) -> None:
         """Route one message from the channel: to a local waiter, else to the job's record."""
@@ -161,10 +186,11 @@ class CallbackHub:
         with self._lock:
             # Under the lock, so that a waiter closing at the same moment either gets it or
             # is already gone and the offer below keeps it.
-            waiter = self._waiters.get(callback.job_id)
-            if waiter is not None:
+            waiters = list(self._waiters.get(callback.job_id, ()))
+            for waiter in waiters:
                 waiter.deliver(callback)
-                return
+        if waiters:
+            return
         try:
             outcome = self._offer(callback)
         except redis.RedisError as exc:

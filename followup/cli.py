@@ -17,8 +17,6 @@ from followup.durations import parse_duration
 from followup.errors import ConfigError
 
 CELERY_APP = "followup.celery_app"
-# Waiting jobs cost a greenlet each, not a process: a worker can hold many at once.
-DEFAULT_GEVENT_CONCURRENCY = 1000
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
 
@@ -91,7 +89,9 @@ def worker(ctx: click.Context) -> None:
     if not _has_option(extra, "-P", "--pool"):
         argv += ["--pool", "gevent"]
         if not _has_option(extra, "-c", "--concurrency") and not config.worker_concurrency:
-            argv += ["--concurrency", str(DEFAULT_GEVENT_CONCURRENCY)]
+            from followup.worker import DEFAULT_CONCURRENCY
+
+            argv += ["--concurrency", str(DEFAULT_CONCURRENCY)]
     _exec_celery(argv + extra)
 
 

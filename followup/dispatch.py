@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import sys
 import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import redis
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.util import Timeout
 
 from followup.config import Settings
 from followup.errors import DispatchError
@@ -88,12 +92,23 @@ class Dispatcher:
         timeout = self._settings.webhook_timeout
         started = time.monotonic()
         try:
-            with self._session.post(
-                url, data=body, headers=headers, timeout=(timeout, timeout), allow_redirects=False, stream=True
-            ) as response:
+            # A total budget, not only a per-read one: a receiver that drips its answer a byte
+            # at a time must not hold an attempt past WEBHOOK_TIMEOUT. Redirects are not followed.
+            with (
+                _deadline(timeout),
+                self._session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=Timeout(total=timeout),
+                    allow_redirects=False,
+                    stream=True,
+                ) as response,
+            ):
                 status = response.status_code
-                _drain(response)
-        except requests.Timeout:
+                retry_after = response.headers.get("Retry-After")
+                _drain(response, deadline=started + timeout)
+        except (requests.Timeout, WebhookDeadline):
             self._metrics.webhook_duration.labels("timeout").observe(time.monotonic() - started)
             raise DispatchError(f"webhook timed out after {timeout:g}s") from None
         except requests.RequestException as exc:
@@ -103,6 +118,12 @@ class Dispatcher:
         elapsed = time.monotonic() - started
         self._metrics.webhook_duration.labels(outcome_of(status)).observe(elapsed)
         log.debug("webhook for job %s answered %s in %.0f ms", job.id, status, elapsed * 1000)
+        if status == 410:
+            raise DispatchError("webhook answered HTTP 410 Gone: the receiver will never take it", final=True)
+        if status in (429, 503):
+            pause = parse_retry_after(retry_after)
+            asked = f", Retry-After {pause:g}s" if pause is not None else ""
+            raise DispatchError(f"webhook answered HTTP {status}{asked}", retry_after=pause)
         if not 200 <= status < 300:
             raise DispatchError(f"webhook answered HTTP {status}")
 
@@ -115,13 +136,55 @@ class Dispatcher:
             raise DispatchError(f"no subscriber on channel {channel!r}: nobody received the follow-up")
 
 
-def _drain(response: requests.Response) -> None:
-    """Read at most MAX_RESPONSE_BYTES, so that a huge or endless answer costs nothing more."""
+class WebhookDeadline(Exception):
+    """WEBHOOK_TIMEOUT passed while the webhook call was still going on."""
+
+
+def _deadline(seconds: float) -> contextlib.AbstractContextManager:
+    """Under gevent (the worker's default pool), a hard deadline for the whole call.
+
+    urllib3's timeouts bound each read, so a receiver dripping bytes could hold an attempt much
+    longer. gevent can interrupt the greenlet at any blocking point; in a thread pool only the
+    per-read timeouts apply.
+    """
+    if "gevent" in sys.modules:
+        from gevent import Timeout
+        from gevent.monkey import is_module_patched
+
+        if is_module_patched("socket"):
+            return Timeout(seconds, WebhookDeadline)
+    return contextlib.nullcontext()
+
+
+def _drain(response: requests.Response, deadline: float) -> None:
+    """Read at most MAX_RESPONSE_BYTES before `deadline`: a huge or endless answer costs no more.
+
+    Only the status matters; the body is read so that the connection can be reused.
+    """
     read = 0
-    for chunk in response.iter_content(chunk_size=16 * 1024):
-        read += len(chunk)
-        if read >= MAX_RESPONSE_BYTES:
-            break
+    try:
+        for chunk in response.iter_content(chunk_size=16 * 1024):
+            read += len(chunk)
+            if read >= MAX_RESPONSE_BYTES or time.monotonic() >= deadline:
+                break
+    except requests.RequestException:
+        pass  # the status has arrived; a body cut short does not change it
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: a number of seconds or an HTTP date (RFC 9110); None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _reason(exc: requests.RequestException) -> str:

@@ -22,4 +22,13 @@ class CallbackError(ValueError):
 
 
 class DispatchError(RuntimeError):
-    """One attempt could not hand the follow-up to the flow (webhook or channel)."""
+    """One attempt could not hand the follow-up to the flow (webhook or channel).
+
+    `final`: the receiver said never (410 Gone): no more attempts. `retry_after`: it asked for a
+    pause (429 / 503 with Retry-After), in seconds.
+    """
+
+    def __init__(self, reason: str, *, final: bool = False, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.final = final
+        self.retry_after = retry_after

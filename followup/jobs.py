@@ -81,6 +81,7 @@ class JobStore:
         self._settings = settings
         self._begin = scripts.load(client, "begin_attempt")
         self._release = scripts.load(client, "release_attempt")
+        self._end = scripts.load(client, "end_attempt")
         self._offer = scripts.load(client, "offer_callback")
         self._succeed = scripts.load(client, "finish_success")
         self._dead_letter = scripts.load(client, "dead_letter")
@@ -97,8 +98,16 @@ class JobStore:
         return Begin(_text(verdict), _text(detail))
 
     def release(self, job: Job, attempt: int, error: str) -> None:
-        """The attempt stopped waiting without success; callbacks now count for the next one."""
+        """The attempt was cut short: drop its lease so that it can run again at once."""
         self._release(keys=[job_key(job.id)], args=[attempt, error])
+
+    def end(self, job: Job, attempt: int, error: str) -> None:
+        """The attempt failed and its retry is on the broker: a redelivered copy must not run."""
+        self._end(keys=[job_key(job.id)], args=[attempt, error])
+
+    def stored_success(self, job: Job) -> bool:
+        """Whether a success callback for the job is kept in its record (see offer_callback.lua)."""
+        return bool(self._redis.hexists(job_key(job.id), "cb"))
 
     def offer(self, job_id: str, status: str, raw: str, error: str | None) -> str:
         """Tell the job about a callback no local attempt waits for; returns what it meant."""
@@ -106,21 +115,18 @@ class JobStore:
 
     def succeed(self, job: Job, attempts: int) -> bool:
         """Mark the job succeeded and publish the success event; False if it had ended before."""
-        event = {
-            "jobId": job.id,
-            "key": job.key,
-            "status": "success",
-            "attempts": attempts,
-            "timestamp": now_ms(),
-        }
         published = self._succeed(
             keys=[job_key(job.id)],
-            args=[self._settings.success_channel, _dumps(event), self._finished_ttl],
+            args=[self._settings.success_channel, _success_event(job, attempts), self._finished_ttl],
         )
         return bool(published)
 
-    def dead_letter(self, job: Job, attempts: int, error: str) -> bool:
-        """Mark the job failed, keep it as a dead letter and publish the failure event, once."""
+    def dead_letter(self, job: Job, attempts: int, error: str) -> str:
+        """Mark the job failed, keep it as a dead letter and publish the failure event, once.
+
+        Returns "dead-lettered", "succeeded" (a success callback had been kept after all: the job
+        is recorded and announced as a success) or "ended before".
+        """
         failed_at = now_ms()
         event = {
             "jobId": job.id,
@@ -131,11 +137,19 @@ class JobStore:
             "timestamp": failed_at,
         }
         record = DeadLetter(job.id, job.key, job.expired_at, job.payload, attempts, error, failed_at, job.payload_error)
-        published = self._dead_letter(
+        verdict = self._dead_letter(
             keys=[job_key(job.id), DEAD_LETTERS],
-            args=[self._settings.failure_channel, _dumps(event), record.to_json(), job.id, self._finished_ttl],
+            args=[
+                self._settings.failure_channel,
+                _dumps(event),
+                record.to_json(),
+                job.id,
+                self._finished_ttl,
+                self._settings.success_channel,
+                _success_event(job, attempts),
+            ],
         )
-        return bool(published)
+        return {0: "ended before", 1: "dead-lettered", 2: "succeeded"}[int(verdict)]
 
     def dead_letters(self) -> list[DeadLetter]:
         """Every dead letter, oldest failure first."""
@@ -154,6 +168,10 @@ class JobStore:
     def record(self, job_id: str) -> dict[str, str]:
         """The raw job record, for tests and diagnostics."""
         return {_text(k): _text(v) for k, v in self._redis.hgetall(job_key(job_id)).items()}
+
+
+def _success_event(job: Job, attempts: int) -> str:
+    return _dumps({"jobId": job.id, "key": job.key, "status": "success", "attempts": attempts, "timestamp": now_ms()})
 
 
 def _dumps(value: Any) -> str:

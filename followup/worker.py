@@ -25,12 +25,16 @@ from followup.metrics import WorkerMetrics
 
 log = logging.getLogger("followup.worker")
 
+# Slots of a gevent worker when neither WORKER_CONCURRENCY nor --concurrency says otherwise.
+DEFAULT_CONCURRENCY = 1000
+
 
 @dataclass(frozen=True)
 class Outcome:
     kind: str  # success | failed | skipped | busy
     reason: str = ""
-    retry_after: float = 0.0  # for busy: when the other holder's lease ends
+    retry_after: float | None = None  # busy: when the other holder's lease ends; failed: the receiver's ask
+    final: bool = False  # failed for good: no more attempts (410 Gone)
 
 
 @dataclass
@@ -51,10 +55,15 @@ class WorkerRuntime:
             settings.callback_channel,
             offer=lambda cb: store.offer(cb.job_id, cb.status, cb.raw, cb.error),
         )
-        hub.start()
+        try:
+            hub.start()
+        except TimeoutError:
+            hub.stop()  # its thread goes on retrying otherwise, beside the next runtime's
+            raise
         metrics = WorkerMetrics()
         metrics.waiting.set_function(lambda: hub.waiting)
-        pool = max(10, settings.worker_concurrency or 100)
+        # One keep-alive connection per slot that may be posting at the same moment.
+        pool = settings.worker_concurrency or DEFAULT_CONCURRENCY
         dispatcher = Dispatcher(settings, client, http_session(pool), metrics)
         return cls(settings, client, store, hub, dispatcher, metrics)
 
@@ -88,45 +97,48 @@ def stop_runtime() -> None:
 
 
 def run_attempt(rt: WorkerRuntime, job: Job, attempt: int) -> Outcome:
-    """Dispatch one attempt and wait for its callback; never raises for the flow's failures."""
+    """Dispatch one attempt and wait for its callback; never raises for the flow's failures.
+
+    A failed attempt returns `failed` and leaves its lease in place: the task ends it
+    (`JobStore.end`) once the retry is on the broker.
+    """
     rule = rt.settings.mapping.match(job.key)
     if rule is None:
         return Outcome("failed", f"no rule for key {job.key!r} in this worker's KEY_WEBHOOK_MAPPING")
     # Register before anything can make the flow answer: n8n confirms before its webhook returns.
-    with rt.hub.register(job.id) as waiter:
+    with rt.hub.register(job.id, attempt) as waiter:
         begin = rt.store.begin(job, attempt)
         if begin.verdict == "done":
             return Outcome("skipped", f"job already finished ({begin.detail})")
         if begin.verdict == "stale":
-            return Outcome("skipped", f"attempt {begin.detail} has already begun")
+            return Outcome("skipped", f"a later attempt ({begin.detail}) has begun, or this one has run")
         if begin.verdict == "busy":
             return Outcome("busy", "another worker runs this attempt", int(begin.detail) / 1000)
         if begin.verdict == "callback":
-            return _succeed(rt, job, attempt, "its success callback arrived between attempts")
+            return _succeed(rt, job, attempt, "its success callback had already arrived")
+        waiter.arm()
         try:
             rt.dispatcher.send(job, rule, attempt)
         except DispatchError as exc:
-            rt.store.release(job, attempt, str(exc))
-            return Outcome("failed", str(exc))
+            return Outcome("failed", str(exc), exc.retry_after, exc.final)
         timeout = rt.settings.callback_timeout
         dispatched = time.monotonic()
         if timeout == 0:
             return _succeed(rt, job, attempt, "dispatched (WORKER_CALLBACK_TIMEOUT=0: no callback awaited)")
         callback = waiter.wait(timeout)
         if callback is None:
-            reason = f"no callback within {format_duration(timeout)}"
-            # Release first, then stop listening: a callback in between reaches this waiter or,
-            # once it is gone, is kept for the next attempt; it cannot fall through the gap.
-            rt.store.release(job, attempt, reason)
-            callback = waiter.close()
-            if callback is None:
-                return Outcome("failed", reason)
+            callback = waiter.close()  # one may have come in the meantime
+        if callback is None:
+            # This process may have missed it (its subscription was down): another process
+            # would have kept it in the job's record.
+            if rt.store.stored_success(job):
+                return _succeed(rt, job, attempt, "its success callback was kept by another worker")
+            return Outcome("failed", f"no callback within {format_duration(timeout)}")
         rt.metrics.callback_wait.observe(time.monotonic() - dispatched)
         if callback.ok:
             return _succeed(rt, job, attempt, "callback confirmed it")
-        reason = f"callback status {callback.status!r}" + (f": {callback.error}" if callback.error else "")
-        rt.store.release(job, attempt, reason)
-        return Outcome("failed", reason)
+        detail = f": {callback.error}" if callback.error else ""
+        return Outcome("failed", f"callback status {callback.status!r}{detail}")
 
 
 def _succeed(rt: WorkerRuntime, job: Job, attempt: int, why: str) -> Outcome:

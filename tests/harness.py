@@ -132,6 +132,9 @@ class Reply:
     callback_first: bool = True  # n8n publishes before its webhook answers
     delay: float = 0.0  # seconds before answering
     raw_before: list[bytes] = field(default_factory=list)  # messages published before the callback
+    headers: dict[str, str] = field(default_factory=dict)
+    body_bytes: int = 0  # a body of this many bytes (-1: one that never ends, for up to 20 s)
+    drip: float = 0.0  # send the status line and headers one byte every `drip` seconds
 
 
 @dataclass
@@ -140,6 +143,7 @@ class Request:
     headers: dict[str, str]
     body: dict[str, Any]
     at: float  # time.time()
+    raw: bytes = b""
 
 
 class Receiver:
@@ -208,7 +212,7 @@ class Receiver:
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 body = json.loads(raw)
-                request = Request(self.path, dict(self.headers.items()), body, time.time())
+                request = Request(self.path, dict(self.headers.items()), body, time.time(), raw)
                 with receiver._cond:
                     number = len([r for r in receiver.requests if r.body.get("key") == body.get("key")])
                     reply = receiver._reply_for(body.get("key"), number)
@@ -221,13 +225,35 @@ class Receiver:
                 if reply.delay:
                     time.sleep(reply.delay)
                 try:
-                    self.send_response(reply.status)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self._answer(reply)
                 except OSError:
-                    return  # the worker gave up waiting (a timeout test)
+                    return  # the worker gave up (a timeout or a body it stopped reading)
                 if reply.callback and not reply.callback_first:
                     receiver.publish_callback(body["jobId"], reply.callback, reply.error)
+
+            def _answer(self, reply: Reply) -> None:
+                head = f"HTTP/1.1 {reply.status} X\r\n"
+                headers = {**reply.headers}
+                if reply.body_bytes >= 0:
+                    headers["Content-Length"] = str(reply.body_bytes)
+                else:
+                    headers["Transfer-Encoding"] = "chunked"
+                head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+                if reply.drip:
+                    for byte in head.encode():
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(reply.drip)
+                else:
+                    self.wfile.write(head.encode())
+                if reply.body_bytes > 0:
+                    self.wfile.write(b"x" * reply.body_bytes)
+                elif reply.body_bytes < 0:
+                    chunk = b"x" * 65536
+                    stop = time.monotonic() + 20
+                    while time.monotonic() < stop:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.flush()
 
             def log_message(self, *_: object) -> None:
                 pass

@@ -1,9 +1,9 @@
 -- A worker process got a callback for a job it is not waiting for. Every worker process sees
--- every callback, so this decides, once, what the callback means for the job.
+-- every callback; this records what it means for the job, the same whichever process runs it.
 -- KEYS[1] job hash. ARGV: status, the callback as received, error (may be empty).
--- Returns: unknown, finished, waiting (the worker that waits receives it itself), noted (a
--- failure between attempts: recorded, the next attempt dispatches anyway) or stored (a success
--- between attempts: the next attempt finds it and completes without dispatching again).
+-- Returns: unknown, finished, noted (a failure: recorded as the job's last error) or stored (a
+-- success: kept until the job finishes, so the attempt that waits for it or the next one to
+-- begin completes the job without dispatching again).
 local job = KEYS[1]
 if redis.call('EXISTS', job) == 0 then
   return 'unknown'
@@ -11,11 +11,6 @@ end
 local status = redis.call('HGET', job, 'status')
 if status == 'success' or status == 'failed' then
   return 'finished'
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if tonumber(redis.call('HGET', job, 'waiter_until') or '0') > now then
-  return 'waiting'
 end
 if ARGV[1] ~= 'success' then
   if ARGV[3] ~= '' then
