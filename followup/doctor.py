@@ -12,7 +12,7 @@ import redis
 from followup.config import Settings
 from followup.durations import format_duration
 from followup.listener import NOTIFY_FLAGS
-from followup.notifications import SETTING, NotificationsOff, missing_flags, probe_expired_events
+from followup.notifications import SETTING, NotificationsOff, missing_flags, probe_events
 from followup.redaction import redact_userinfo
 
 
@@ -66,12 +66,10 @@ def _notify_flags(client: redis.Redis, db: int) -> Check:
         current = current.decode() if isinstance(current, bytes) else current
     except redis.ResponseError:
         try:
-            probe_expired_events(client, db)
-        except NotificationsOff:
-            return Check("fail", SETTING, f"CONFIG is refused and expired events are off: set it to {NOTIFY_FLAGS!r}")
-        return Check(
-            "warn", SETTING, f"CONFIG is refused; expired events arrive, the other flags of {NOTIFY_FLAGS!r} unverified"
-        )
+            probe_events(client, db, NOTIFY_FLAGS)
+        except NotificationsOff as exc:
+            return Check("fail", SETTING, str(exc))
+        return Check("ok", SETTING, f"CONFIG is refused; probe keys show {NOTIFY_FLAGS!r} is in place")
     missing = missing_flags(current, NOTIFY_FLAGS)
     if missing:
         return Check("ok", SETTING, f"{current!r} lacks {missing!r}; the listener adds it at start (CONFIG is allowed)")

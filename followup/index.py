@@ -29,6 +29,7 @@ from followup.payloads import decode_payload
 
 DUE = f"{PREFIX}due"
 VALUES = f"{PREFIX}values"
+LIMBO = f"{PREFIX}limbo"
 FIRING = f"{PREFIX}firing"
 FIRED = f"{PREFIX}fired"
 JOB_NAMESPACE = uuid.UUID("5b6f0c1e-8d0a-4f4e-9a53-6f6c6c6f7775")
@@ -37,6 +38,10 @@ JOB_NAMESPACE = uuid.UUID("5b6f0c1e-8d0a-4f4e-9a53-6f6c6c6f7775")
 def job_id(key: str, deadline: int) -> str:
     """The jobId of one expiration: the same from every path that fires it (event, timer, catch-up)."""
     return str(uuid.uuid5(JOB_NAMESPACE, f"{key}\0{deadline}"))
+
+
+def _key(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True)
@@ -51,15 +56,22 @@ class Claimed:
 
     @property
     def firing_field(self) -> bytes:
-        return f"{self.deadline}:".encode() + self.key.encode()
+        return f"{self.deadline}:".encode() + self.key.encode("utf-8", "surrogateescape")
+
+    @classmethod
+    def from_firing(cls, field: bytes, tagged: bytes) -> Claimed:
+        deadline, _, key = field.partition(b":")
+        return cls(_key(key), int(deadline), tagged)
 
 
 @dataclass(frozen=True)
 class FireResult:
     claimed: list[Claimed]  # due keys this touch expired: claimed, to enqueue
-    gone: list[str]  # due keys already gone: their expired (or del) event decides
-    next_deadline: int | None  # the deadline to wake for next
+    gone: list[str]  # due keys already gone (now in limbo): their expired or del event decides
+    moved: list[str]  # due keys that exist with another TTL (now in limbo): their events decide
+    next_deadline: int | None  # the deadline to wake for next (Redis time)
     looked_at: int
+    redis_now: int  # Redis's clock when it ran, in ms
 
 
 class ScheduleIndex:
@@ -70,6 +82,7 @@ class ScheduleIndex:
         self._forget = scripts.load(client, "forget_keys")
         self._claim = scripts.load(client, "claim_due")
         self._fire_due = scripts.load(client, "fire_due")
+        self._reclaim = scripts.load(client, "reclaim_firing")
         self._exact: str | None = None
 
     def exact_flag(self) -> str:
@@ -87,24 +100,23 @@ class ScheduleIndex:
 
     def index(self, keys: list[str], pipe: redis.client.Pipeline | None = None) -> list[int] | None:
         args = [self._payload_limit, self.exact_flag(), *keys]
-        return self._index(keys=[DUE, VALUES], args=args, client=pipe)
+        return self._index(keys=[DUE, VALUES, LIMBO, FIRED], args=args, client=pipe)
 
     def forget(self, keys: list[str], pipe: redis.client.Pipeline | None = None) -> None:
-        self._forget(keys=[DUE, VALUES], args=keys, client=pipe)
+        self._forget(keys=[DUE, VALUES, LIMBO], args=keys, client=pipe)
 
     def claim(self, keys: list[str], unknown_too: bool, pipe: redis.client.Pipeline | None = None) -> object:
-        return self._claim(keys=[DUE, VALUES, FIRING, FIRED], args=["1" if unknown_too else "0", *keys], client=pipe)
+        args = ["1" if unknown_too else "0", *keys]
+        return self._claim(keys=[DUE, VALUES, FIRING, FIRED, LIMBO], args=args, client=pipe)
 
     def fire_due(self, limit: int) -> FireResult:
         """Touch the entries whose deadline has come; claim those the touch expired."""
-        raw = self._fire_due(keys=[DUE, VALUES, FIRING, FIRED], args=[limit, self.exact_flag()])
-        first = raw.index(b"")
-        second = raw.index(b"", first + 1)
-        gone = [key.decode("utf-8", "surrogateescape") for key in raw[first + 1 : second]]
-        next_deadline = int(raw[second + 1])
-        return FireResult(
-            parse_claims(raw[:first]), gone, next_deadline if next_deadline >= 0 else None, int(raw[second + 2])
-        )
+        raw = iter(self._fire_due(keys=[DUE, VALUES, FIRING, FIRED, LIMBO], args=[limit, self.exact_flag()]))
+        claimed = [Claimed(_key(next(raw)), int(next(raw)), next(raw)) for _ in range(int(next(raw)))]
+        gone = [_key(next(raw)) for _ in range(int(next(raw)))]
+        moved = [_key(next(raw)) for _ in range(int(next(raw)))]
+        next_deadline, looked_at, redis_now = (int(next(raw)) for _ in range(3))
+        return FireResult(claimed, gone, moved, next_deadline if next_deadline >= 0 else None, looked_at, redis_now)
 
     def enqueued(self, claims: Iterable[Claimed]) -> None:
         """The jobs of these claims are on the broker: drop them from the outbox."""
@@ -112,37 +124,35 @@ class ScheduleIndex:
         if fields:
             self._redis.hdel(FIRING, *fields)
 
-    def stale_firing(self, older_than_ms: int, now_ms: int) -> list[Claimed]:
-        """Claims whose enqueue never finished (their listener died): to enqueue again."""
-        stale = []
-        for field, value in self._redis.hscan_iter(FIRING, count=1000):
-            claimed_at, _, tagged = value.partition(b":")
-            if now_ms - int(claimed_at) >= older_than_ms:
-                deadline, _, key = field.partition(b":")
-                stale.append(Claimed(key.decode("utf-8", "surrogateescape"), int(deadline), tagged))
-        return stale
+    def reclaim_firing(self, older_than_ms: int) -> tuple[list[Claimed], int | None]:
+        """Claims abandoned in the outbox for longer than that, taken over (by this listener only),
+        and when the oldest one left there (younger) was made, if any."""
+        raw = self._reclaim(keys=[FIRING], args=[older_than_ms])
+        claims = [Claimed.from_firing(raw[i], raw[i + 1]) for i in range(0, len(raw) - 1, 2)]
+        oldest_left = int(raw[-1])
+        return claims, oldest_left if oldest_left >= 0 else None
 
-    def due_keys(self, now_ms: int, batch: int = 1000) -> Iterator[list[str]]:
-        """Keys whose deadline has passed, in batches, oldest first."""
+    def limbo_keys(self, batch: int = 1000) -> Iterator[list[str]]:
+        """Entries that came due undecided (see fire_due.lua), in batches."""
         start = 0
-        while True:
-            keys = self._redis.zrangebyscore(DUE, "-inf", now_ms, start=start, num=batch)
-            if not keys:
-                return
-            yield [key.decode("utf-8", "surrogateescape") for key in keys]
-            if len(keys) < batch:
-                return
+        while keys := self._redis.zrange(LIMBO, start, start + batch - 1):
+            yield [_key(key) for key in keys]
+            start += batch
+
+    def future_entries(self, after_ms: int, batch: int = 1000) -> Iterator[list[str]]:
+        """Keys whose deadline is after `after_ms`, in batches."""
+        start = 0
+        while keys := self._redis.zrangebyscore(DUE, f"({after_ms}", "+inf", start=start, num=batch):
+            yield [_key(key) for key in keys]
             start += batch
 
     def pending(self, limit: int, offset: int = 0) -> list[tuple[str, int]]:
         rows = self._redis.zrange(DUE, offset, offset + limit - 1, withscores=True)
-        return [(key.decode("utf-8", "surrogateescape"), int(score)) for key, score in rows]
+        return [(_key(key), int(score)) for key, score in rows]
 
     def size(self) -> int:
-        return int(self._redis.zcard(DUE))
+        return int(self._redis.zcard(DUE)) + int(self._redis.zcard(LIMBO))
 
 
 def parse_claims(raw: list[bytes]) -> list[Claimed]:
-    return [
-        Claimed(raw[i].decode("utf-8", "surrogateescape"), int(raw[i + 1]), raw[i + 2]) for i in range(0, len(raw), 3)
-    ]
+    return [Claimed(_key(raw[i]), int(raw[i + 1]), raw[i + 2]) for i in range(0, len(raw), 3)]

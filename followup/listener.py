@@ -22,7 +22,7 @@ import redis
 
 from followup.config import Settings
 from followup.connections import redis_client, subscriber_client
-from followup.index import Claimed, ScheduleIndex, parse_claims
+from followup.index import Claimed, FireResult, ScheduleIndex, parse_claims
 from followup.jobs import PREFIX, Job, now_ms
 from followup.metrics import ListenerMetrics
 from followup.notifications import ensure_flags
@@ -35,9 +35,15 @@ RECONNECT_MAX = 10.0
 BATCH = 1000
 # Entries the timer touches per step.
 TOUCH_LIMIT = 1000
-# How long a touched, vanished key may wait for its expired event before it is claimed anyway
-# (evicted, flushed, or its event lost).
+# How long a due entry may wait in limbo for the event that decides it (see fire_due.lua) before
+# the listener decides itself: a vanished key fires (it was evicted, or its event was lost), a
+# key that exists is re-indexed (its TTL was moved). Five times as long while events pile up.
 EVENT_GRACE = 2.0
+# A claim left in the outbox this long was abandoned by its listener (see reclaim_firing.lua).
+OUTBOX_ABANDONED_MS = 10_000
+# Entries whose deadline is at least this far off and whose key is gone were deleted while no
+# listener heard it: the start-up scan forgets them.
+PRUNE_MARGIN_MS = 1000
 # The longest the loop sleeps without a deadline: how soon it notices a hint from the scan.
 MAX_SLEEP = 1.0
 SCAN_COUNT = 1000
@@ -45,11 +51,13 @@ SCAN_COUNT = 1000
 NOTIFY_FLAGS = "Eg$xe"
 
 # What each key event means for the index.
-_INDEX_EVENTS = frozenset(
-    b"set expire persist rename_to append setrange incrby incrbyfloat restore copy_to move_to".split()
-)
-_FORGET_EVENTS = frozenset(b"del rename_from move_from".split())
-_CLAIM_EVENTS = frozenset({b"expired"})
+_OPS = {
+    **dict.fromkeys(
+        b"set expire persist rename_to append setrange incrby incrbyfloat restore copy_to move_to".split(), "index"
+    ),
+    **dict.fromkeys(b"del rename_from move_from".split(), "forget"),
+    b"expired": "claim",
+}
 
 # Keys that Celery and kombu keep in the same Redis by default; never followed up, whatever the
 # mapping's globs say. (Queue names are added per listener.)
@@ -72,8 +80,12 @@ class Listener:
         self._redis = redis_client(settings.redis_url, pool_size=8)
         self._index = ScheduleIndex(self._redis, settings.payload_max_bytes)
         self._pattern = f"__keyevent@{settings.redis_db}__:*"
-        self._awaiting: dict[str, float] = {}  # touched keys that vanished -> when (monotonic)
-        self._next_wake: float | None = None  # epoch ms
+        # Entries in limbo this listener waits to see decided: key -> (since, "gone" | "moved").
+        self._awaiting: dict[str, tuple[float, str]] = {}
+        # Deadlines are Redis time; the loop sleeps on its own clock, corrected by the skew.
+        self._skew_ms = 0
+        self._next_wake: float | None = None  # Redis ms
+        self._outbox_check_at: int | None = None  # Redis ms
         self._wake_lock = threading.Lock()
         self._connected = False
         self._heartbeat = time.monotonic()
@@ -104,7 +116,9 @@ class Listener:
             try:
                 self._session(stop)
                 delay = RECONNECT_MIN
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError) as exc:
+                # A ResponseError too (READONLY after a failover, OOM, MISCONF, LOADING): the
+                # session starts over, catch-up included, rather than the process dying.
                 self._connected = False
                 if stop.is_set():
                     break
@@ -116,6 +130,7 @@ class Listener:
 
     def _session(self, stop: threading.Event) -> None:
         self._index.reset_connection_facts()
+        self._awaiting.clear()
         report = ensure_flags(self._redis, self._settings.redis_db, NOTIFY_FLAGS)
         pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
         scan_stop = threading.Event()
@@ -132,7 +147,7 @@ class Listener:
                 self._index.size(),
                 report,
             )
-            self._wake_at(now_ms())
+            self._wake_at(self._redis_now())
             self._connected = True
             while not stop.is_set():
                 self._heartbeat = time.monotonic()
@@ -146,42 +161,30 @@ class Listener:
             scan_stop.set()
             pubsub.close()
 
+    def _redis_now(self) -> int:
+        return now_ms() + self._skew_ms
+
     def _sleep_seconds(self) -> float:
         with self._wake_lock:
             wake = self._next_wake
         if wake is None:
             return MAX_SLEEP
-        return min(max(0.0, (wake - now_ms()) / 1000), MAX_SLEEP)
+        return min(max(0.0, (wake - self._redis_now()) / 1000), MAX_SLEEP)
 
     def _due(self) -> bool:
         with self._wake_lock:
-            return self._next_wake is not None and now_ms() >= self._next_wake
+            return self._next_wake is not None and self._redis_now() >= self._next_wake
 
-    def _wake_at(self, epoch_ms: float) -> None:
+    def _wake_at(self, redis_ms: float) -> None:
         with self._wake_lock:
-            if self._next_wake is None or epoch_ms < self._next_wake:
-                self._next_wake = epoch_ms
+            if self._next_wake is None or redis_ms < self._next_wake:
+                self._next_wake = redis_ms
 
     # Events -------------------------------------------------------------------------------
 
     def handle(self, messages: list[dict]) -> None:
         """One batch of key events, in order: index, forget and claim, in one pipeline."""
-        ops: list[tuple[str, str]] = []
-        for message in messages:
-            event = message["channel"].rpartition(b":")[2]
-            self.metrics.events.labels(event.decode("ascii", "replace")).inc()
-            op = (
-                "index"
-                if event in _INDEX_EVENTS
-                else "forget"
-                if event in _FORGET_EVENTS
-                else ("claim" if event in _CLAIM_EVENTS else None)
-            )
-            if op is None:
-                continue
-            key = self._mapped_key(message["data"])
-            if key is not None:
-                ops.append((op, key))
+        ops = self._operations(messages)
         if not ops:
             return
         self.metrics.matched.inc(len(ops))
@@ -197,14 +200,38 @@ class Listener:
         claims: list[Claimed] = []
         for (op, keys), result in zip(runs, pipe.execute(), strict=True):
             if op == "index":
-                deadlines = [d for d in result if d > 0]
-                if deadlines:
-                    self._wake_at(min(deadlines) + 1)
-            elif op == "claim":
+                self._indexed(keys, result)
+            elif op == "forget":
+                for key in keys:
+                    self._awaiting.pop(key, None)
+            else:
                 claimed = parse_claims(result)
                 self.metrics.duplicates.inc(len(keys) - len(claimed))
                 claims += claimed
         self._fire(claims, "event")
+
+    def _operations(self, messages: list[dict]) -> list[tuple[str, str]]:
+        """(index | forget | claim, key) for each event of a mapped key, in order."""
+        ops: list[tuple[str, str]] = []
+        for message in messages:
+            event = message["channel"].rpartition(b":")[2]
+            self.metrics.events.labels(event.decode("ascii", "replace")).inc()
+            op = _OPS.get(event)
+            if op is None:
+                continue
+            key = self._mapped_key(message["data"])
+            if key is not None:
+                ops.append((op, key))
+        return ops
+
+    def _indexed(self, keys: list[str], deadlines: list[int]) -> None:
+        """Results of index_keys.lua: wake for the new deadlines; those keys are out of limbo."""
+        upcoming = [deadline for deadline in deadlines if deadline > 0]
+        if upcoming:
+            self._wake_at(min(upcoming) + 1)
+        for key, deadline in zip(keys, deadlines, strict=True):
+            if deadline >= 0:
+                self._awaiting.pop(key, None)
 
     def _mapped_key(self, raw: bytes) -> str | None:
         try:
@@ -212,7 +239,7 @@ class Listener:
         except UnicodeDecodeError:
             log.debug("ignored a key that is not UTF-8: %r", raw[:200])
             return None
-        if is_internal(key, self._settings.queue_name) or self._settings.mapping.match(key) is None:
+        if not key or is_internal(key, self._settings.queue_name) or self._settings.mapping.match(key) is None:
             return None
         return key
 
@@ -221,49 +248,88 @@ class Listener:
     def _on_timer(self, backlog_drained: bool) -> None:
         with self._wake_lock:
             self._next_wake = None
-        result = self._index.fire_due(TOUCH_LIMIT)
+        result = self._fire_due()
         self._fire(result.claimed, "timer")
-        now = time.monotonic()
-        for key in result.gone:
-            self._awaiting.setdefault(key, now)
+        since = time.monotonic()
+        for keys, kind in ((result.gone, "gone"), (result.moved, "moved")):
+            for key in keys:
+                self._awaiting.setdefault(key, (since, kind))
         if result.looked_at >= TOUCH_LIMIT:
-            self._wake_at(now_ms())  # more are due
+            self._wake_at(result.redis_now)  # more are due
         elif result.next_deadline is not None:
             self._wake_at(result.next_deadline + 1)  # Redis expires a key once its deadline has passed
-        if backlog_drained:
-            overdue = [key for key, since in self._awaiting.items() if now - since >= EVENT_GRACE]
-            if overdue:
-                # No expired event came (the key was evicted, flushed, or its event lost), nor a
-                # del event: it is due and gone, so it fires now.
-                for key in overdue:
-                    del self._awaiting[key]
-                self._fire(parse_claims(self._index.claim(overdue, unknown_too=False)), "timer_no_event")
+        self._settle_limbo(backlog_drained)
+        if self._outbox_check_at is not None and result.redis_now >= self._outbox_check_at:
+            self._reclaim_outbox()
+
+    def _fire_due(self) -> FireResult:
+        result = self._index.fire_due(TOUCH_LIMIT)
+        self._skew_ms = result.redis_now - now_ms()
+        return result
+
+    def _settle_limbo(self, backlog_drained: bool) -> None:
+        """Decide the entries whose event has not come within the grace period."""
+        now = time.monotonic()
+        grace = EVENT_GRACE if backlog_drained else 5 * EVENT_GRACE
+        overdue = [(key, kind) for key, (since, kind) in self._awaiting.items() if now - since >= grace]
+        for key, _ in overdue:
+            del self._awaiting[key]
+        moved = [key for key, kind in overdue if kind == "moved"]
+        if moved:
+            self._indexed(moved, self._index.index(moved))
+        gone = [key for key, kind in overdue if kind == "gone"]
+        if gone:
+            # No expired event came, nor a del event: the key was evicted, or its event lost.
+            self._fire(parse_claims(self._index.claim(gone, unknown_too=False)), "timer_no_event")
         if self._awaiting:
-            self._wake_at(now_ms() + 1000 * (min(self._awaiting.values()) + EVENT_GRACE - now))
+            oldest = min(since for since, _ in self._awaiting.values())
+            self._wake_at(self._redis_now() + 1000 * (oldest + EVENT_GRACE - now))
+
+    def _reclaim_outbox(self) -> None:
+        claims, oldest_left = self._index.reclaim_firing(OUTBOX_ABANDONED_MS)
+        if claims:
+            log.info("enqueueing %d claimed follow-up(s) that a listener left unfinished", len(claims))
+            self._fire(claims, "outbox")
+        self._outbox_check_at = None if oldest_left is None else oldest_left + OUTBOX_ABANDONED_MS
+        if self._outbox_check_at is not None:
+            self._wake_at(self._outbox_check_at)
 
     # Catching up --------------------------------------------------------------------------
 
     def _catch_up(self) -> None:
-        """Enqueue what the last listener claimed but never enqueued, and what came due unheard."""
-        stale = self._index.stale_firing(older_than_ms=0, now_ms=now_ms())
-        if stale:
-            log.info("enqueueing %d claimed follow-up(s) a stopped listener left behind", len(stale))
-            self._fire(stale, "outbox")
+        """Enqueue what a listener claimed but never enqueued, and fire what came due unheard."""
+        self._reclaim_outbox()
         total = 0
-        while True:
-            result = self._index.fire_due(TOUCH_LIMIT)
-            # Nobody listened when the gone ones came due: their events are lost, so they fire now.
-            claims = result.claimed + parse_claims(self._index.claim(result.gone, unknown_too=False))
+        # Limbo entries a listener left undecided: decided now, since their events are lost.
+        for keys in self._index.limbo_keys():
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.exists(key)
+            exists = pipe.execute()
+            gone = [key for key, found in zip(keys, exists, strict=True) if not found]
+            there = [key for key, found in zip(keys, exists, strict=True) if found]
+            if there:
+                self._indexed(there, self._index.index(there))
+            claims = parse_claims(self._index.claim(gone, unknown_too=False)) if gone else []
             total += len(claims)
             self._fire(claims, "catch_up")
-            if result.looked_at < TOUCH_LIMIT or not claims:
+        while True:
+            result = self._fire_due()
+            # Nobody listened when the gone ones came due: their events are lost, so they fire now.
+            claims = result.claimed + parse_claims(self._index.claim(result.gone, unknown_too=False))
+            if result.moved:
+                self._indexed(result.moved, self._index.index(result.moved))
+            total += len(claims)
+            self._fire(claims, "catch_up")
+            if result.looked_at < TOUCH_LIMIT:
                 break
         if total:
             self.metrics.caught_up.inc(total)
             log.info("caught up: %d follow-up(s) came due while no listener ran", total)
 
     def _scan(self, stop: threading.Event) -> None:
-        """Index mapped keys that carry a TTL but have no entry yet (written while nobody listened)."""
+        """Index mapped keys that carry a TTL but have no entry yet (written while nobody listened),
+        then forget entries whose key was deleted while nobody listened."""
         try:
             scanned = indexed = 0
             batch: list[str] = []
@@ -281,7 +347,13 @@ class Listener:
                     log.info("scan: %d keys looked at, %d mapped keys with a TTL indexed so far", scanned, indexed)
             if batch:
                 indexed += self._index_scanned(batch)
-            log.info("scan done: %d keys looked at, %d mapped keys with a TTL indexed", scanned, indexed)
+            pruned = self._prune(stop)
+            log.info(
+                "scan done: %d keys looked at, %d mapped keys with a TTL indexed, %d deleted ones forgotten",
+                scanned,
+                indexed,
+                pruned,
+            )
         except redis.RedisError as exc:
             log.warning("scan stopped: %s (it runs again after the reconnect)", exc)
 
@@ -290,6 +362,20 @@ class Listener:
         if deadlines:
             self._wake_at(min(deadlines) + 1)
         return len(deadlines)
+
+    def _prune(self, stop: threading.Event) -> int:
+        pruned = 0
+        for keys in self._index.future_entries(self._redis_now() + PRUNE_MARGIN_MS):
+            if stop.is_set():
+                break
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.exists(key)
+            deleted = [key for key, found in zip(keys, pipe.execute(), strict=True) if not found]
+            if deleted:
+                self._index.forget(deleted)
+                pruned += len(deleted)
+        return pruned
 
     # Enqueueing ---------------------------------------------------------------------------
 
@@ -309,7 +395,7 @@ class Listener:
             raise redis.ConnectionError("enqueue failed") from None
         self._index.enqueued(claims)
         self.metrics.enqueued.labels(path).inc(len(jobs))
-        enqueued_at = now_ms()
+        enqueued_at = self._redis_now()
         for job in jobs:
             lateness = enqueued_at - job.expired_at
             self.metrics.lateness.observe(max(lateness, 0) / 1000)

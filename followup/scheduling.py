@@ -14,7 +14,7 @@ import redis
 
 from followup import scripts
 from followup.durations import parse_duration
-from followup.index import DUE, VALUES
+from followup.index import DUE, LIMBO, VALUES
 from followup.payloads import tag_value
 
 DEFAULT_PAYLOAD_LIMIT = 256 * 1024
@@ -40,13 +40,13 @@ def schedule(
     client = client or _default_client()
     ttl_ms = max(1, round(seconds * 1000))
     script = scripts.load(client, "schedule_key")
-    return int(script(keys=[key, DUE, VALUES], args=[ttl_ms, value, tag_value(value, payload_limit)]))
+    return int(script(keys=[key, DUE, VALUES, LIMBO], args=[ttl_ms, value, tag_value(value, payload_limit)]))
 
 
 def cancel(key: str, *, client: redis.Redis | None = None) -> bool:
     """Delete `key` and its index entry: the follow-up never fires. True if there was one."""
     client = client or _default_client()
-    return bool(scripts.load(client, "cancel_key")(keys=[key, DUE, VALUES]))
+    return bool(scripts.load(client, "cancel_key")(keys=[key, DUE, VALUES, LIMBO]))
 
 
 def _seconds(delay: float | str | timedelta) -> float:
