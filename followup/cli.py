@@ -101,10 +101,14 @@ def flower(ctx: click.Context) -> None:
     """Run Flower for followup on port 5555 (FLOWER_BASIC_AUTH protects it)."""
     config = load_settings()
     if not config.flower_basic_auth:
-        click.echo(
-            "followup flower: FLOWER_BASIC_AUTH is not set: the dashboard is open to anyone who can reach its port",
-            err=True,
-        )
+        if not config.flower_unauthenticated:
+            click.echo(
+                "followup flower: FLOWER_BASIC_AUTH is not set: expected user:password (or FLOWER_BASIC_AUTH_FILE); "
+                "set FLOWER_UNAUTHENTICATED=true to run it open, for local use only",
+                err=True,
+            )
+            sys.exit(2)
+        click.echo("followup flower: running WITHOUT authentication (FLOWER_UNAUTHENTICATED=true)", err=True)
     # Flower reads FLOWER_BASIC_AUTH from the environment itself (here it may have come from
     # FLOWER_BASIC_AUTH_FILE); passing it as an argument would show the password in `ps`.
     if config.flower_basic_auth:

@@ -45,6 +45,7 @@ VARIABLES = frozenset(
         "API_PORT",
         "API_TOKEN",
         "FLOWER_BASIC_AUTH",
+        "FLOWER_UNAUTHENTICATED",
         "DEBUG",
         "LOG_FORMAT",
     ]
@@ -86,6 +87,7 @@ class Settings:
     api_port: int
     api_token: str | None
     flower_basic_auth: str | None
+    flower_unauthenticated: bool  # Flower may run without auth (local use only)
     debug: bool
     log_format: str  # text | json
 
@@ -173,6 +175,7 @@ def load_settings(lookup: Lookup) -> Settings:
         api_port=env.integer("API_PORT", 8000, minimum=1, maximum=65535),
         api_token=env.raw("API_TOKEN") or None,
         flower_basic_auth=env.basic_auth("FLOWER_BASIC_AUTH"),
+        flower_unauthenticated=env.boolean("FLOWER_UNAUTHENTICATED", False),
         debug=env.boolean("DEBUG", False),
         log_format=env.choice("LOG_FORMAT", ("text", "json")),
     )

@@ -45,7 +45,9 @@ def run_dev() -> int:
             f"started an embedded redis-server at {redis_url} (data is not kept). ***"
         )
     env["REDIS_URL"] = redis_url
-    env.setdefault("FLOWER_UNAUTHENTICATED", "true")
+    if not env.get("FLOWER_BASIC_AUTH") and not env.get("FLOWER_BASIC_AUTH_FILE"):
+        env.setdefault("FLOWER_UNAUTHENTICATED", "true")
+        say("Flower runs without authentication here (FLOWER_UNAUTHENTICATED=true): a local demo only.")
     client = redis.Redis.from_url(redis_url)
 
     receiver = None

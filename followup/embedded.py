@@ -37,10 +37,13 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process; `restart()` brings it back on the same port and data dir."""
 
-    def __init__(self, binary: str | None = None, port: int | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, binary: str | None = None, port: int | None = None, args: tuple[str, ...] = (), tls_ca: str | None = None
+    ) -> None:
         self.binary = binary or redis_server_binary()
         self.port = port or free_port()
-        self.args = args
+        self.args = args  # "{port}" in an argument stands for the port
+        self.tls_ca = tls_ca  # when set, the server speaks TLS on its port, signed by this CA
         self.dir = Path(tempfile.mkdtemp(prefix="followup-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -60,7 +63,7 @@ class RedisServer:
             "",
             "--appendonly",
             "no",
-            *self.args,
+            *(arg.format(port=self.port) for arg in self.args),
         ]
         # A session of its own: Ctrl-C in the terminal must not stop Redis before the processes
         # that use it have shut down.
@@ -72,7 +75,13 @@ class RedisServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with status {self.process.returncode}: {command}")
             try:
-                client = redis.Redis(port=self.port, socket_connect_timeout=0.2, password=self._password())
+                client = redis.Redis(
+                    port=self.port,
+                    socket_connect_timeout=0.2,
+                    password=self._password(),
+                    ssl=self.tls_ca is not None,
+                    ssl_ca_certs=self.tls_ca,
+                )
                 if client.ping():
                     return self
             except redis.AuthenticationError:

@@ -1,0 +1,177 @@
+"""Authenticated and encrypted Redis, secrets kept out of every output, Flower's auth."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis
+
+from followup.embedded import RedisServer
+from tests.conftest import CALLBACK_CHANNEL, SUCCESS_CHANNEL, base_env
+from tests.harness import FOLLOWUP, ROOT, Events, Receiver, Reply, start_listener, start_worker
+
+PASSWORD = "Zq8-pw-never-shown"
+
+# The ACL the README documents for the listener and the workers (one user serves both).
+ACL_RULES = [
+    "on",
+    f">{PASSWORD}",
+    "resetkeys",
+    "~*",
+    "resetchannels",
+    "&*",
+    "-@all",
+    "+@connection",
+    "+@read",
+    "+@write",
+    "+@keyspace",
+    "+@pubsub",
+    "+@scripting",
+    "+@transaction",
+    "+info",
+    "+time",
+    "+config|get",
+    "+config|set",
+    "-flushdb",
+    "-flushall",
+    "-keys",
+    "-debug",
+    "-shutdown",
+    "-swapdb",
+    "-migrate",
+]
+
+
+def round_trip(url: str, log_dir: Path, name: str) -> dict:
+    """Listener + worker on `url`: a key expires, the receiver confirms, the job succeeds."""
+    receiver = Receiver(url, CALLBACK_CHANNEL)
+    env = base_env(url, f"sec:*={receiver.url('/sec')}", DEBUG="true")
+    events = Events(url, SUCCESS_CHANNEL)
+    worker = start_worker(env, log_dir, name=f"{name}-worker")
+    listener = start_listener(env, log_dir, name=f"{name}-listener")
+    try:
+        receiver.plan("sec:1", Reply(callback="success"))
+        redis.Redis.from_url(url).set("sec:1", '{"private": true}', px=100)
+        [call] = receiver.wait_calls("sec:1", 1)
+        events.wait(SUCCESS_CHANNEL, jobId=call.body["jobId"])
+        check = subprocess.run(
+            [*FOLLOWUP, "check"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+        )
+        return {"worker": worker.output(), "listener": listener.output(), "check": check.stdout + check.stderr}
+    finally:
+        listener.stop()
+        worker.stop()
+        events.close()
+        receiver.stop()
+
+
+def test_requirepass_with_debug_logs_never_shows_the_password(log_dir: Path) -> None:
+    server = RedisServer(args=("--requirepass", PASSWORD)).start()
+    try:
+        url = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0"
+        outputs = round_trip(url, log_dir, "requirepass")
+        for name, text in outputs.items():
+            assert PASSWORD not in text, f"the password shows in {name}'s output"
+        assert "DEBUG" in outputs["listener"] or "DEBUG" in outputs["worker"]
+        assert "ok    redis: reachable at redis://***@127.0.0.1" in outputs["check"]
+    finally:
+        server.stop()
+
+
+def test_listener_and_worker_work_under_the_documented_acl(log_dir: Path) -> None:
+    server = RedisServer().start()
+    try:
+        admin = redis.Redis(port=server.port)
+        admin.config_set("notify-keyspace-events", "Eg$xe")
+        admin.execute_command("ACL", "SETUSER", "followup", *ACL_RULES)
+        admin.execute_command("ACL", "SETUSER", "default", "off")  # only the ACL user may work
+        url = f"redis://followup:{PASSWORD}@127.0.0.1:{server.port}/0"
+        outputs = round_trip(url, log_dir, "acl")
+        assert all(PASSWORD not in text for text in outputs.values())
+        readme = (ROOT / "README.md").read_text()
+        assert " ".join(ACL_RULES[2:]) in readme.replace("\n", " "), "the README must show this exact ACL"
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl is needed to make a throwaway CA")
+def test_tls_redis_through_rediss_urls(tmp_path: Path, log_dir: Path) -> None:
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True, timeout=60)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=followup test CA",
+    )
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"
+    )
+    (tmp_path / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    )
+    server = RedisServer(
+        args=(
+            "--port",
+            "0",
+            "--tls-port",
+            "{port}",
+            "--tls-cert-file",
+            str(tmp_path / "server.pem"),
+            "--tls-key-file",
+            str(tmp_path / "server.key"),
+            "--tls-ca-cert-file",
+            str(tmp_path / "ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ),
+        tls_ca=str(tmp_path / "ca.pem"),
+    )
+    try:
+        server.start()
+    except RuntimeError:
+        pytest.skip("this redis-server was built without TLS")
+    try:
+        ca = tmp_path / "ca.pem"
+        url = f"rediss://127.0.0.1:{server.port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
+        outputs = round_trip(url, log_dir, "tls")
+        assert "rediss://127.0.0.1" in outputs["listener"]
+    finally:
+        server.stop()
+
+
+def test_flower_refuses_to_start_without_auth() -> None:
+    env = base_env("redis://127.0.0.1:1/0", "k=|c")
+    result = subprocess.run(
+        [*FOLLOWUP, "flower"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 2
+    assert "FLOWER_BASIC_AUTH is not set" in result.stderr and "FLOWER_UNAUTHENTICATED=true" in result.stderr
