@@ -99,7 +99,7 @@ def test_dockerfile_is_slim_non_root_with_a_healthcheck() -> None:
 
 @pytest.mark.parametrize("role", ["listen", "worker", "flower", "health", "check", "dead"])
 def test_every_role_the_image_runs_is_a_followup_command(role: str) -> None:
-    env = {**os.environ, **env_file(ENV_EXAMPLE)}
+    env = {**os.environ, **env_file(ENV_EXAMPLE), "FLOWER_BASIC_AUTH": "admin:a-password"}  # the stack's secret
     result = subprocess.run(
         [*FOLLOWUP, role, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False, env=env
     )
