@@ -20,6 +20,10 @@ broker_transport_options = {
     "unacked_restore_throttle": 1,
     "health_check_interval": 25,
     "socket_keepalive": True,
+    # kombu gives a channel 10 connections by default; under gevent up to every slot acks at once,
+    # and an ack that finds no connection is lost (the job comes back after the visibility
+    # timeout, and the slot stays taken).
+    "max_connections": (_settings.worker_concurrency or 1000) + 50,
 }
 broker_heartbeat = 0
 

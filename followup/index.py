@@ -133,18 +133,27 @@ class ScheduleIndex:
         return claims, oldest_left if oldest_left >= 0 else None
 
     def limbo_keys(self, batch: int = 1000) -> Iterator[list[str]]:
-        """Entries that came due undecided (see fire_due.lua), in batches."""
-        start = 0
-        while keys := self._redis.zrange(LIMBO, start, start + batch - 1):
+        """Entries that came due undecided (see fire_due.lua), in batches; the caller settles each
+        batch (which takes it out of limbo) before asking for the next."""
+        first = None
+        while keys := self._redis.zrange(LIMBO, 0, batch - 1):
+            if keys[0] == first:
+                return  # nothing was settled: stop rather than go round
+            first = keys[0]
             yield [_key(key) for key in keys]
-            start += batch
 
     def future_entries(self, after_ms: int, batch: int = 1000) -> Iterator[list[str]]:
-        """Keys whose deadline is after `after_ms`, in batches."""
-        start = 0
-        while keys := self._redis.zrangebyscore(DUE, f"({after_ms}", "+inf", start=start, num=batch):
-            yield [_key(key) for key in keys]
-            start += batch
+        """Keys whose deadline is after `after_ms`, in batches (a cursor walk: each call is short,
+        where paging by offset would grow with the index)."""
+        keys: list[str] = []
+        for key, deadline in self._redis.zscan_iter(DUE, count=batch):
+            if deadline > after_ms:
+                keys.append(_key(key))
+            if len(keys) >= batch:
+                yield keys
+                keys = []
+        if keys:
+            yield keys
 
     def pending(self, limit: int, offset: int = 0) -> list[tuple[str, int]]:
         rows = self._redis.zrange(DUE, offset, offset + limit - 1, withscores=True)

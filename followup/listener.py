@@ -47,6 +47,8 @@ PRUNE_MARGIN_MS = 1000
 # The longest the loop sleeps without a deadline: how soon it notices a hint from the scan.
 MAX_SLEEP = 1.0
 SCAN_COUNT = 1000
+# Keys indexed per script call by the scan: short calls, so other clients of Redis are not held up.
+SCAN_INDEX_BATCH = 200
 # Expired (x), generic (g: del, expire, rename, persist), string writes ($), evicted (e), as keyevents.
 NOTIFY_FLAGS = "Eg$xe"
 
@@ -340,7 +342,7 @@ class Listener:
                 key = self._mapped_key(raw)
                 if key is not None:
                     batch.append(key)
-                if len(batch) >= SCAN_COUNT:
+                if len(batch) >= SCAN_INDEX_BATCH:
                     indexed += self._index_scanned(batch)
                     batch = []
                 if scanned % 100_000 == 0:
