@@ -22,6 +22,11 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+# A benchmark, not a test: private redis-servers, followup against its baselines; prints a table,
+# writes bench/results/<timestamp>.json and rewrites docs/BENCHMARKS.md (see that file).
+bench: install
+	$(BIN)/python -m bench
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

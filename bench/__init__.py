@@ -1,0 +1,1 @@
+"""`make bench`: followup measured against its baselines on private redis-servers (see docs/BENCHMARKS.md)."""

@@ -1,0 +1,1 @@
+"""One module per scenario; each has `run(options) -> dict` (rows, targets, notes)."""
