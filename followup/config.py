@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from followup.durations import parse_duration
 from followup.errors import ConfigError
 from followup.mapping import Mapping, parse_mapping
+from followup.payloads import DEFAULT_PAYLOAD_LIMIT
 from followup.redaction import redact_userinfo
 
 Lookup = Callable[[str], "str | None"]
@@ -170,7 +171,7 @@ def load_settings(lookup: Lookup) -> Settings:
         webhook_timeout=webhook_timeout,
         webhook_secrets=env.webhook_secrets("WEBHOOK_SECRET"),
         visibility_timeout=0.0,
-        payload_max_bytes=env.integer("PAYLOAD_MAX_BYTES", 256 * 1024, minimum=0),
+        payload_max_bytes=env.integer("PAYLOAD_MAX_BYTES", DEFAULT_PAYLOAD_LIMIT, minimum=0),
         metrics_port=env.optional_integer("METRICS_PORT", minimum=1, maximum=65535),
         api_port=env.integer("API_PORT", 8000, minimum=1, maximum=65535),
         api_token=env.raw("API_TOKEN") or None,

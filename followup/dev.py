@@ -23,6 +23,7 @@ import redis
 import followup
 from followup.connections import subscriber_client
 from followup.embedded import RedisServer, free_port, redis_server_binary
+from followup.redaction import redact_userinfo
 
 DEMO_PATTERN = "demo:*"
 READY_MARKERS = {"listener": "listening on", "worker": " ready."}
@@ -41,7 +42,7 @@ def run_dev() -> int:
         server = RedisServer(binary=redis_server_binary(prefer_embedded=True)).start()
         redis_url = server.url()
         say(
-            f"*** No Redis answers at {_masked(env.get('REDIS_URL') or 'redis://localhost:6379/0')}: "
+            f"*** No Redis answers at {redact_userinfo(env.get('REDIS_URL') or 'redis://localhost:6379/0')}: "
             f"started an embedded redis-server at {redis_url} (data is not kept). ***"
         )
     env["REDIS_URL"] = redis_url
@@ -67,7 +68,7 @@ def run_dev() -> int:
         _announce_results(client, env)
         port = redis_url.rsplit(":", 1)[-1].split("/")[0]
         say("\nfollowup is running:")
-        say(f"  Redis   {_masked(redis_url)}")
+        say(f"  Redis   {redact_userinfo(redis_url)}")
         say("  Flower  http://localhost:5555  (every job, its attempts and state)")
         if receiver:
             say(f"  Demo    keys matching {DEMO_PATTERN} call {receiver.url}, which confirms each job")
@@ -203,9 +204,3 @@ def _answers(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
     except (redis.RedisError, ValueError):
         return False
-
-
-def _masked(url: str) -> str:
-    from followup.redaction import redact_userinfo
-
-    return redact_userinfo(url)

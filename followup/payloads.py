@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# What PAYLOAD_MAX_BYTES defaults to: larger values are not carried.
+DEFAULT_PAYLOAD_LIMIT = 256 * 1024
+
 
 def tag_value(value: bytes, limit: int) -> bytes:
     return b"v" + value if len(value) <= limit else b"o" + str(len(value)).encode()

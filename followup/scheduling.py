@@ -15,9 +15,7 @@ import redis
 from followup import scripts
 from followup.durations import parse_duration
 from followup.index import DUE, LIMBO, VALUES
-from followup.payloads import tag_value
-
-DEFAULT_PAYLOAD_LIMIT = 256 * 1024
+from followup.payloads import DEFAULT_PAYLOAD_LIMIT, tag_value
 
 
 def schedule(

@@ -11,6 +11,7 @@ from celery import Task
 
 from followup.backoff import retry_delay
 from followup.celery_app import app
+from followup.config import settings
 from followup.jobs import Job
 from followup.worker import Outcome, WorkerRuntime, run_attempt, runtime
 
@@ -53,7 +54,7 @@ def deliver(
         return _conclude(self, rt, job, attempt, outcome)
     except (redis.RedisError, TimeoutError) as exc:
         # Nothing was concluded: this same attempt runs again. (Celery's Retry is not caught here.)
-        delay = retry_delay(rt.settings if rt else _settings(), attempt)
+        delay = retry_delay(rt.settings if rt else settings(), attempt)
         if rt is not None:
             _release_quietly(rt, job, attempt, str(exc))
         log.warning("job %s attempt %d interrupted (%s); runs again in %.1fs", job.id, attempt, exc, delay)
@@ -72,7 +73,7 @@ def _kwargs(job: Job, attempt: int) -> dict[str, Any]:
 
 
 def _conclude(task: Task, rt: WorkerRuntime, job: Job, attempt: int, outcome: Outcome) -> str:
-    settings = rt.settings
+    config = rt.settings
     if outcome.kind == "success":
         rt.metrics.attempts.labels("success").observe(attempt)
         log.info("job %s (%s) succeeded on attempt %d: %s", job.id, job.key, attempt, outcome.reason)
@@ -85,7 +86,7 @@ def _conclude(task: Task, rt: WorkerRuntime, job: Job, attempt: int, outcome: Ou
         # it died and this copy is the one that must run.
         countdown = min((outcome.retry_after or 0) + 1, BUSY_RECHECK)
         raise task.retry(countdown=countdown, kwargs=_kwargs(job, attempt))
-    if outcome.final or attempt >= settings.max_attempts:
+    if outcome.final or attempt >= config.max_attempts:
         verdict = rt.store.dead_letter(job, attempt, outcome.reason)
         if verdict == "succeeded":
             rt.metrics.attempts.labels("success").observe(attempt)
@@ -96,16 +97,16 @@ def _conclude(task: Task, rt: WorkerRuntime, job: Job, attempt: int, outcome: Ou
             rt.metrics.dead_lettered.inc()
         log.error("job %s (%s) failed after %d attempt(s): %s; %s", job.id, job.key, attempt, outcome.reason, verdict)
         raise JobFailed(f"{outcome.reason} (after {attempt} attempts)")
-    delay = retry_delay(settings, attempt)
+    delay = retry_delay(config, attempt)
     if outcome.retry_after:
         # The receiver asked for a pause (429 / 503 Retry-After): granted, up to BACKOFF_MAX.
-        delay = min(max(delay, outcome.retry_after), settings.backoff_max)
+        delay = min(max(delay, outcome.retry_after), config.backoff_max)
     log.warning(
         "job %s (%s) attempt %d/%d failed: %s; retrying in %.1fs",
         job.id,
         job.key,
         attempt,
-        settings.max_attempts,
+        config.max_attempts,
         outcome.reason,
         delay,
     )
@@ -122,9 +123,3 @@ def _release_quietly(rt: WorkerRuntime, job: Job, attempt: int, reason: str) -> 
     # Redis may be away: then the lease runs out on its own, and the rerun waits for that.
     with contextlib.suppress(redis.RedisError):
         rt.store.release(job, attempt, reason)
-
-
-def _settings():  # noqa: ANN202
-    from followup.config import settings
-
-    return settings()
