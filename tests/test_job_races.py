@@ -82,6 +82,7 @@ def test_a_late_failure_for_an_earlier_attempt_does_not_fail_the_current_one(par
     with parts.hub.register(job.id, 2) as waiter:
         # Before the dispatch, a failure can only be about an earlier attempt.
         parts.callback(job.id, "failed", error="attempt 1 gave up")
+        _await_delivery_of_what_was_published(parts)
         assert parts.store.begin(job, 2).verdict == "go"
         waiter.arm()
         # After it, one that names its attempt is judged by that.
@@ -90,6 +91,13 @@ def test_a_late_failure_for_an_earlier_attempt_does_not_fail_the_current_one(par
         parts.callback(job.id, "failed", error="attempt 2 failed", attempt=2)
         callback = waiter.wait(5)
     assert callback is not None and callback.error == "attempt 2 failed"
+
+
+def _await_delivery_of_what_was_published(parts: Parts) -> None:
+    """The hub reads its channel in order: once a marker arrives, everything before it has."""
+    with parts.hub.register("race-marker", 1) as marker:
+        parts.callback("race-marker")
+        assert marker.wait(5) is not None, "the hub did not deliver a marker callback within 5 s"
 
 
 def test_an_ended_attempt_does_not_run_again_but_an_interrupted_one_does(parts: Parts) -> None:
