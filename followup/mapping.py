@@ -1,8 +1,15 @@
 """KEY_WEBHOOK_MAPPING: which expired key calls which webhook and/or channel.
 
-The syntax is the Node tool's, unchanged: comma-separated `KEY=WEBHOOK_URL`,
-`KEY=WEBHOOK_URL|CHANNEL` or `KEY=|CHANNEL`. KEY may be a glob (`followup:*`); an exact key
-wins over any glob, then globs are tried in the order they are written.
+The syntax is the Node tool's: comma-separated `KEY=WEBHOOK_URL`, `KEY=WEBHOOK_URL|CHANNEL` or
+`KEY=|CHANNEL`. KEY may be a glob (`followup:*`); an exact key wins over any glob, then globs are
+tried in the order they are written.
+
+followup adds one thing: a rule may end in `@QUEUE` (`vip:*=https://host/path@priority`,
+`k=|channel@priority`) to send its jobs to that Celery queue instead of QUEUE_NAME. A trailing
+`@name` is a queue only when the name is `[A-Za-z0-9_.-]+` and what comes before it is a complete
+target: a channel, or a URL whose authority has already ended (a `/`, `?` or `#` after the host).
+So `https://user:pass@host` stays a URL with credentials; an `@` at the very end of a URL's query
+must be written `%40` to stay part of the URL.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from followup.redaction import redact_userinfo
 
 VARIABLE = "KEY_WEBHOOK_MAPPING"
 _GLOB_CHARS = frozenset("*?[")
+QUEUE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,7 @@ class Rule:
     pattern: str
     webhook_url: str | None
     channel: str | None
+    queue: str | None = None  # the Celery queue for its jobs; None: QUEUE_NAME
 
     @property
     def is_glob(self) -> bool:
@@ -36,7 +45,18 @@ class Rule:
         target = _origin(self.webhook_url) if self.webhook_url else ""
         if self.channel:
             target += f"|{self.channel}"
+        if self.queue:
+            target += f"@{self.queue}"
         return f"{self.pattern}={target}"
+
+    def target(self) -> str:
+        """The rule's right-hand side, in full, such that `parse_rule(f"{pattern}={target}")` gives it back."""
+        url = self.webhook_url or ""
+        if self.queue and url and not self.channel and not _authority_ended(url):
+            # "https://host@q" would read as credentials "host" at host "q": end the authority.
+            url += "/"
+        text = url + (f"|{self.channel}" if self.channel else "")
+        return text + (f"@{self.queue}" if self.queue else "")
 
 
 @dataclass(frozen=True)
@@ -89,7 +109,7 @@ def parse_mapping(text: str) -> Mapping:
 
 
 def parse_rule(entry: str, number: int = 1) -> Rule:
-    """Parse one `KEY=WEBHOOK_URL|CHANNEL` rule."""
+    """Parse one `KEY=WEBHOOK_URL|CHANNEL@QUEUE` rule (every part but KEY optional, see above)."""
     key, equals, target = entry.partition("=")
     key = key.strip()
     if not equals or not key:
@@ -97,17 +117,73 @@ def parse_rule(entry: str, number: int = 1) -> Rule:
             VARIABLE, f"rule {number} {entry!r}", "KEY=WEBHOOK_URL, KEY=WEBHOOK_URL|CHANNEL or KEY=|CHANNEL"
         )
     where = f"rule {number} ({key!r})"
+    target, queue = _split_queue(target, where)
     url, bar, channel = target.rpartition("|") if "|" in target else (target, "", "")
     url, channel = url.strip(), channel.strip()
     if bar and not channel:
         raise ConfigError(VARIABLE, where, "a channel name after '|'")
-    if not url and not channel:
+    return build_rule(key, url or None, channel or None, queue, where)
+
+
+def build_rule(
+    pattern: str, webhook_url: str | None, channel: str | None, queue: str | None = None, where: str = ""
+) -> Rule:
+    """Check the parts of one rule (from the mapping's text or from the HTTP API) and make it.
+
+    Raises ConfigError naming `where` (or the pattern) and the bad part.
+    """
+    where = where or f"rule {pattern!r}"
+    if not pattern or pattern != pattern.strip():
+        raise ConfigError(VARIABLE, where, "a KEY without leading or trailing spaces")
+    if "=" in pattern or "," in pattern:
+        raise ConfigError(VARIABLE, where, "a KEY without '=' or ',' (they separate rules)")
+    if not webhook_url and not channel:
         raise ConfigError(VARIABLE, where, "a webhook URL, a |CHANNEL, or both")
-    if url:
-        check_http_url(url, VARIABLE, where)
-    if key.count("[") != key.count("]"):
+    if webhook_url:
+        check_http_url(webhook_url, VARIABLE, where)
+        if not channel and not queue and _ends_like_a_queue(webhook_url):
+            # Written out (`KEY=URL`), the end of this URL would read as a queue name.
+            raise ConfigError(VARIABLE, where, "a URL that does not end in '@NAME' (write that '@' as %40)")
+    if channel is not None and (not channel.strip() or any(char in channel for char in "|,@")):
+        raise ConfigError(VARIABLE, f"{where}: channel {channel!r}", "a channel name without '|', ',' or '@'")
+    if queue is not None and not QUEUE_NAME_PATTERN.fullmatch(queue):
+        raise ConfigError(VARIABLE, f"{where}: queue {queue!r}", "a queue name of letters, digits, '_', '.', '-'")
+    if pattern.count("[") != pattern.count("]"):
         raise ConfigError(VARIABLE, where, "a glob whose [ and ] are balanced")
-    return Rule(pattern=key, webhook_url=url or None, channel=channel or None)
+    return Rule(pattern=pattern, webhook_url=webhook_url or None, channel=channel or None, queue=queue)
+
+
+def _split_queue(target: str, where: str) -> tuple[str, str | None]:
+    """Take a trailing `@QUEUE` off a rule's target, when it is one (see the module's docstring)."""
+    body, at, name = target.rpartition("@")
+    if not at:
+        return target, None
+    name = name.strip()
+    if name and not QUEUE_NAME_PATTERN.fullmatch(name):
+        return target, None  # e.g. the '@' of credentials, with the host and path after it
+    if "|" in body:
+        complete = True  # the '@' is in the channel part: the channel came before it
+    else:
+        stripped = body.strip()
+        complete = "://" in stripped and _authority_ended(stripped)
+    if not complete:
+        return target, None
+    if not name:
+        raise ConfigError(VARIABLE, where, "a queue name after '@' (letters, digits, '_', '.', '-')")
+    return body, name
+
+
+def _ends_like_a_queue(url: str) -> bool:
+    try:
+        return _split_queue(url, "")[1] is not None
+    except ConfigError:
+        return True  # a bare '@' at the end
+
+
+def _authority_ended(url: str) -> bool:
+    """Whether a '/', '?' or '#' follows the host: an '@' after that cannot be the URL's credentials."""
+    _, sep, rest = url.partition("://")
+    return bool(sep) and any(char in rest for char in "/?#")
 
 
 def check_http_url(url: str, variable: str, where: str) -> None:
