@@ -43,8 +43,10 @@ VARIABLES = frozenset(
         "BROKER_VISIBILITY_TIMEOUT",
         "PAYLOAD_MAX_BYTES",
         "METRICS_PORT",
+        "API_HOST",
         "API_PORT",
         "API_TOKEN",
+        "API_UNAUTHENTICATED",
         "FLOWER_BASIC_AUTH",
         "FLOWER_UNAUTHENTICATED",
         "DEBUG",
@@ -85,8 +87,10 @@ class Settings:
     visibility_timeout: float  # seconds
     payload_max_bytes: int
     metrics_port: int | None
+    api_host: str
     api_port: int
     api_token: str | None
+    api_unauthenticated: bool  # the API may run without a token (local use only)
     flower_basic_auth: str | None
     flower_unauthenticated: bool  # Flower may run without auth (local use only)
     debug: bool
@@ -173,8 +177,10 @@ def load_settings(lookup: Lookup) -> Settings:
         visibility_timeout=0.0,
         payload_max_bytes=env.integer("PAYLOAD_MAX_BYTES", DEFAULT_PAYLOAD_LIMIT, minimum=0),
         metrics_port=env.optional_integer("METRICS_PORT", minimum=1, maximum=65535),
+        api_host=env.name("API_HOST", "127.0.0.1"),
         api_port=env.integer("API_PORT", 8000, minimum=1, maximum=65535),
         api_token=env.raw("API_TOKEN") or None,
+        api_unauthenticated=env.boolean("API_UNAUTHENTICATED", False),
         flower_basic_auth=env.basic_auth("FLOWER_BASIC_AUTH"),
         flower_unauthenticated=env.boolean("FLOWER_UNAUTHENTICATED", False),
         debug=env.boolean("DEBUG", False),
