@@ -1,8 +1,7 @@
-"""The `followup` command: listen, worker, flower, schedule, callback, dead, dev."""
+"""The `followup` command: listen, worker, flower, api, schedule, callback, dead, rules, dev."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -80,12 +79,16 @@ def listen() -> None:
 def worker(ctx: click.Context) -> None:
     """Run a Celery worker for followup's queue; further arguments go to `celery worker`.
 
+    `--queues NAME[,NAME…]` consumes those queues instead of QUEUE_NAME (rules may name a queue).
+
     The default pool is gevent with 1000 slots (WORKER_CONCURRENCY or --concurrency change it):
     a job waiting for its callback holds a greenlet, not a process.
     """
     config = load_settings()
     extra = list(ctx.args)
-    argv = ["worker", "--queues", config.queue_name, "--events", "--loglevel", "DEBUG" if config.debug else "INFO"]
+    argv = ["worker", "--events", "--loglevel", "DEBUG" if config.debug else "INFO"]
+    if not _has_option(extra, "-Q", "--queues"):
+        argv += ["--queues", config.queue_name]  # `--queues priority` consumes a rule's queue instead
     if not _has_option(extra, "-P", "--pool"):
         argv += ["--pool", "gevent"]
         if not _has_option(extra, "-c", "--concurrency") and not config.worker_concurrency:
@@ -132,13 +135,17 @@ def schedule(key: str, delay: str, payload: str | None) -> None:
         raise click.BadParameter(exc.expected, param_hint="--in") from None
     if seconds <= 0:
         raise click.BadParameter("a duration above 0", param_hint="--in")
+    from followup.operations import current_mapping
+
     client = redis_client(config.redis_url)
     deadline = schedule_key(key, seconds, payload, client=client, payload_limit=config.payload_max_bytes)
     due = datetime.fromtimestamp(deadline / 1000, UTC)
     click.echo(f"scheduled {key!r}, due {due.isoformat(timespec='milliseconds')}")
-    if config.mapping.match(key) is None:
+    if current_mapping(client, config).match(key) is None:
         click.echo(
-            f"warning: no rule in KEY_WEBHOOK_MAPPING matches {key!r}: it will expire without a follow-up", err=True
+            f"warning: no rule in KEY_WEBHOOK_MAPPING matches {key!r} (`followup rules list`): "
+            "it will expire without a follow-up",
+            err=True,
         )
 
 
@@ -158,19 +165,19 @@ def cancel(key: str) -> None:
 @click.option("--limit", default=50, show_default=True, help="how many, soonest first")
 def pending(limit: int) -> None:
     """List the schedule index: key, when it is due, and the rule it will fire."""
+    from followup import operations
     from followup.connections import redis_client
-    from followup.index import ScheduleIndex
 
     config = load_settings()
-    index = ScheduleIndex(redis_client(config.redis_url), config.payload_max_bytes)
+    client = redis_client(config.redis_url)
+    mapping = operations.current_mapping(client, config)
     now = datetime.now(UTC).timestamp() * 1000
-    for key, deadline in index.pending(limit):
-        due = datetime.fromtimestamp(deadline / 1000, UTC).isoformat(timespec="milliseconds")
-        rule = config.mapping.match(key)
-        left = (deadline - now) / 1000
+    for item in operations.pending(client, config, mapping, limit):
+        due = datetime.fromtimestamp(item.due / 1000, UTC).isoformat(timespec="milliseconds")
+        left = (item.due - now) / 1000
         when = f"in {left:.1f}s" if left >= 0 else f"{-left:.1f}s ago (firing)"
-        click.echo(f"{key}  {due}  {when}  {rule.describe() if rule else '(no rule)'}")
-    click.echo(f"{index.size()} follow-up(s) pending", err=True)
+        click.echo(f"{item.key}  {due}  {when}  {item.rule.describe() if item.rule else '(no rule)'}")
+    click.echo(f"{operations.pending_count(client, config)} follow-up(s) pending", err=True)
 
 
 @main.command()
@@ -178,15 +185,18 @@ def pending(limit: int) -> None:
 @click.option("--status", default="success", show_default=True)
 @click.option("--error", default=None, help="an error text to send with a status other than success")
 def callback(job_id: str, status: str, error: str | None) -> None:
-    """Confirm (or fail) a job by hand, as a flow would, on CALLBACK_CHANNEL."""
+    """Confirm (or fail) a job by hand, as a flow would, on CALLBACK_CHANNEL.
+
+    With no worker process subscribed, the callback is kept in the job's record for its next attempt.
+    """
     from followup.connections import redis_client
+    from followup.operations import send_callback
 
     config = load_settings()
-    message = {"jobId": job_id, "status": status}
-    if error:
-        message["error"] = error
-    receivers = redis_client(config.redis_url).publish(config.callback_channel, json.dumps(message))
-    click.echo(f"published on {config.callback_channel!r} to {receivers} worker process(es)")
+    sent = send_callback(redis_client(config.redis_url), config, job_id, status, error=error)
+    click.echo(f"published on {config.callback_channel!r} to {sent.receivers} worker process(es)")
+    if not sent.receivers:
+        click.echo(f"no worker listens: offered to the job's record ({sent.outcome})", err=True)
 
 
 @main.group()
@@ -218,30 +228,118 @@ def dead_list(as_json: bool) -> None:
 @click.option("--all", "replay_all", is_flag=True, help="replay every dead letter")
 def dead_replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
     """Run dead-lettered jobs again from attempt 1, under the same jobId."""
-    from followup.listener import celery_enqueue
+    from followup.operations import enqueuer, replay_dead_letter
 
     if bool(job_ids) == replay_all:
         raise click.UsageError("give JOBID(s) or --all")
     config = load_settings()
     store = _job_store(config)
-    enqueue = celery_enqueue(config)
+    enqueue = enqueuer(config)
     ids = [letter.job_id for letter in store.dead_letters()] if replay_all else list(job_ids)
     missing = 0
     for job_id in ids:
-        letter = store.take_dead_letter(job_id)
-        if letter is None:
+        replay = replay_dead_letter(store, enqueue, job_id)
+        if replay.outcome == "missing":
             click.echo(f"{job_id}: no such dead letter", err=True)
             missing += 1
-            continue
-        try:
-            enqueue([letter.job])
-        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the letter goes back
-            store.restore_dead_letter(letter)
-            click.echo(f"{job_id}: could not enqueue ({exc}); left in the dead letters", err=True)
+        elif replay.outcome == "failed":
+            click.echo(f"{job_id}: could not enqueue ({replay.error}); left in the dead letters", err=True)
             sys.exit(1)
-        click.echo(f"{job_id}: replaying ({letter.key})")
+        else:
+            click.echo(f"{job_id}: replaying ({replay.key})")
     if missing:
         sys.exit(1)
+
+
+@main.group()
+def rules() -> None:
+    """Mapping rules kept in Redis (seeded by KEY_WEBHOOK_MAPPING); every process follows changes live."""
+
+
+@rules.command("list")
+@click.option("--show-urls", is_flag=True, help="print webhook URLs in full (they may carry tokens)")
+def rules_list(show_urls: bool) -> None:
+    """List the rules in force, in the order globs are tried (exact keys win over globs)."""
+    from followup.rules import RuleStore
+
+    config = load_settings()
+    rule_set = RuleStore(_redis(config)).load()
+    found = rule_set.rules if rule_set.version else config.mapping.rules
+    for rule in found:
+        click.echo(f"{rule.pattern}={rule.target()}" if show_urls else rule.describe())
+    for problem in rule_set.skipped:
+        click.echo(f"skipped (does not parse): {problem}", err=True)
+    source = f"Redis, version {rule_set.version}" if rule_set.version else "KEY_WEBHOOK_MAPPING; Redis not seeded yet"
+    click.echo(f"{len(found)} rule(s) ({source})", err=True)
+
+
+@rules.command("set")
+@click.argument("pattern")
+@click.argument("target")
+def rules_set(pattern: str, target: str) -> None:
+    """Add or replace the rule for PATTERN; TARGET as in KEY_WEBHOOK_MAPPING: URL, URL|CHANNEL, |CHANNEL, …@QUEUE."""
+    from followup.mapping import build_rule, parse_rule
+    from followup.rules import RuleStore
+
+    config = load_settings()
+    try:
+        build_rule(pattern, None, "check")  # the pattern alone: '=' or ',' in it would split the text
+        rule = parse_rule(f"{pattern}={target}")
+    except ConfigError as exc:
+        click.echo(f"followup rules set: {exc.bad}: expected {exc.expected}", err=True)
+        sys.exit(2)
+    store = RuleStore(_redis(config))
+    _seed_once(store, config)
+    result = store.put(rule)
+    click.echo(f"{'added' if result.created else 'replaced'} {rule.describe()} (version {result.version})")
+
+
+@rules.command("delete")
+@click.argument("pattern")
+def rules_delete(pattern: str) -> None:
+    """Remove the rule for PATTERN."""
+    from followup.rules import RuleStore
+
+    config = load_settings()
+    store = RuleStore(_redis(config))
+    _seed_once(store, config)
+    version = store.delete(pattern)
+    if version is None:
+        click.echo(f"no rule for {pattern!r}", err=True)
+        sys.exit(1)
+    click.echo(f"deleted {pattern!r} (version {version})")
+
+
+@rules.command("seed")
+@click.option("--replace", is_flag=True, help="replace the rules in Redis with KEY_WEBHOOK_MAPPING's")
+def rules_seed(replace: bool) -> None:
+    """Write KEY_WEBHOOK_MAPPING's rules to Redis (only if it never held rules, unless --replace)."""
+    from followup.rules import RuleStore
+
+    config = load_settings()
+    version = RuleStore(_redis(config)).seed(config.mapping.rules, replace=replace)
+    if version is None:
+        click.echo("Redis already holds rules: nothing done (--replace overwrites them)", err=True)
+        sys.exit(1)
+    click.echo(f"seeded {len(config.mapping.rules)} rule(s) (version {version})")
+
+
+@main.command()
+def api() -> None:
+    """Serve the HTTP API and its page on API_HOST:API_PORT (bearer token: API_TOKEN)."""
+    config = load_settings()
+    if not config.api_token:
+        if not config.api_unauthenticated:
+            click.echo(
+                "followup api: API_TOKEN is not set: expected a bearer token (or API_TOKEN_FILE); "
+                "set API_UNAUTHENTICATED=true to run it open, for local use only",
+                err=True,
+            )
+            sys.exit(2)
+        click.echo("followup api: running WITHOUT authentication (API_UNAUTHENTICATED=true)", err=True)
+    from followup.api import serve
+
+    serve(config)
 
 
 @main.command()
@@ -299,6 +397,18 @@ def dev() -> None:
     from followup.dev import run_dev
 
     sys.exit(run_dev())
+
+
+def _redis(config: Settings):  # noqa: ANN202 - keeps the Redis imports out of start-up
+    from followup.connections import redis_client
+
+    return redis_client(config.redis_url)
+
+
+def _seed_once(store, config: Settings) -> None:  # noqa: ANN001 - RuleStore, imported late
+    """A first change made before any process started must not keep KEY_WEBHOOK_MAPPING from seeding."""
+    if store.seed(config.mapping.rules):
+        click.echo("seeded Redis with KEY_WEBHOOK_MAPPING's rules first", err=True)
 
 
 def _job_store(config: Settings):  # noqa: ANN202 - keeps the Redis imports out of start-up
