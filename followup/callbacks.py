@@ -135,10 +135,15 @@ Offer = Callable[[Callback], str]
 class CallbackHub:
     """The single callback subscription of one worker process and the attempts waiting on it."""
 
-    def __init__(self, client: redis.Redis, channel: str, offer: Offer) -> None:
+    def __init__(
+        self, client: redis.Redis, channel: str, offer: Offer, signals: dict[str, Callable[[], None]] | None = None
+    ) -> None:
         self._client = client
         self._channel = channel
         self._offer = offer
+        # Other channels whose every message only rings a bell (the ready lists' wake-up word):
+        # they ride on this subscription rather than costing the process another connection.
+        self._signals = dict(signals or {})
         self._waiters: dict[str, list[Waiter]] = {}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -210,16 +215,20 @@ class CallbackHub:
         while not self._stopping.is_set():
             pubsub = self._client.pubsub(ignore_subscribe_messages=False)
             try:
-                pubsub.subscribe(self._channel)
+                pubsub.subscribe(self._channel, *self._signals)
                 for message in pubsub.listen():
-                    if message["type"] == "subscribe":
+                    if message["type"] == "subscribe" and message["channel"] == self._channel.encode():
                         self.connected = True
                         if delay > 0.1:
                             log.info("callback subscription to %s is back", self._channel)
                         delay = 0.1
                         self._subscribed.set()
                     elif message["type"] == "message":
-                        self.handle(message["data"])
+                        ring = self._signals.get(message["channel"].decode("utf-8", "replace"))
+                        if ring is not None:
+                            ring()
+                        else:
+                            self.handle(message["data"])
                     if self._stopping.is_set():
                         break
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:

@@ -5,8 +5,15 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready, worker_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
+from followup.feeder import Feeder
 from followup.redelivery import UnackedSweeper
 
 app = Celery("followup")
@@ -25,12 +32,13 @@ def _prepare_handlers(logger: logging.Logger, **_: object) -> None:
 
 
 _sweeper: UnackedSweeper | None = None
+_feeder: Feeder | None = None
 
 
 @worker_ready.connect
-def _start_worker_services(**_: object) -> None:
-    global _sweeper
-    from followup.worker import runtime
+def _start_worker_services(sender: object = None, **_: object) -> None:
+    global _sweeper, _feeder
+    from followup.worker import DEFAULT_CONCURRENCY, runtime
 
     # Subscribe to callbacks before the first job arrives rather than on its first attempt.
     worker_runtime = runtime()
@@ -40,12 +48,30 @@ def _start_worker_services(**_: object) -> None:
         serve(worker_runtime.settings.metrics_port, worker_runtime.metrics.registry, worker_runtime.health)
     _sweeper = UnackedSweeper(app)
     _sweeper.start()
+    # The queues this worker consumes (`--queues`): their ready lists, in the same order.
+    queues = [queue.name for queue in (app.amqp.queues.consume_from or app.amqp.queues).values()]
+    slots = getattr(getattr(sender, "controller", None), "concurrency", None) or DEFAULT_CONCURRENCY
+    _feeder = Feeder(worker_runtime, queues or [worker_runtime.settings.queue_name], slots)
+    _feeder.start()
+
+
+@worker_shutting_down.connect
+def _stop_taking(**_: object) -> None:
+    if _feeder is not None:
+        _feeder.stop_taking()
 
 
 @worker_shutdown.connect
 def _stop_worker_services(**_: object) -> None:
-    from followup.worker import stop_runtime
+    from followup.worker import runtime, stop_runtime
 
+    if _feeder is not None:
+        # Warm shutdown: the jobs waiting for callbacks may finish, as Celery lets its tasks.
+        left = _feeder.drain(runtime().settings.longest_attempt)
+        if left:
+            logging.getLogger("followup.feeder").warning(
+                "stopped with %d job(s) unfinished: they run again elsewhere once their leases run out", left
+            )
     if _sweeper is not None:
         _sweeper.stop()
     stop_runtime()

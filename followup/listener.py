@@ -1,4 +1,4 @@
-"""`followup listen`: keyspace events in, exactly one Celery task per expiration of a mapped key out.
+"""`followup listen`: keyspace events in, exactly one job per expiration of a mapped key out.
 
 One loop, one thread for the events and the timer: it reads every key event of the watched
 database in batches, keeps the schedule index (index.py) in step with them, and sleeps until the
@@ -26,6 +26,7 @@ from followup.index import Claimed, FireResult, ScheduleIndex, parse_claims
 from followup.jobs import PREFIX, Job, now_ms
 from followup.metrics import ListenerMetrics
 from followup.notifications import ensure_flags
+from followup.ready import ReadyJob, ReadyQueue
 
 log = logging.getLogger("followup.listener")
 
@@ -420,29 +421,15 @@ def _read_batch(pubsub: redis.client.PubSub, timeout: float) -> list[dict]:
     return [m for m in messages if m["type"] == "pmessage"]
 
 
-def celery_enqueue(settings: Settings) -> Enqueue:
-    """Enqueue jobs as Celery tasks on QUEUE_NAME, the task id being the jobId."""
-    from followup.celery_app import app
-    from followup.tasks import TASK_NAME
-
-    retry_policy = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3.0}
+def ready_enqueue(settings: Settings) -> Enqueue:
+    """Put jobs on their queue's ready list for their first attempt (see ready.py), one round trip
+    per batch."""
+    ready = ReadyQueue(redis_client(settings.redis_url, pool_size=4))
 
     def enqueue(jobs: Sequence[Job]) -> None:
-        with app.producer_or_acquire() as producer:
-            for job in jobs:
-                app.send_task(
-                    TASK_NAME,
-                    kwargs={
-                        "key": job.key,
-                        "expired_at": job.expired_at,
-                        "payload": job.payload,
-                        "payload_error": job.payload_error,
-                    },
-                    task_id=job.id,
-                    queue=settings.queue_name,
-                    producer=producer,
-                    retry=True,
-                    retry_policy=retry_policy,
-                )
+        ready.push([ReadyJob(job, 1, settings.queue_name) for job in jobs])
 
     return enqueue
+
+
+celery_enqueue = ready_enqueue  # the name cli.py still imports

@@ -1,13 +1,20 @@
-"""The Celery task: one expiration of a mapped key, followed up until the flow confirms it."""
+"""Following up one job: an attempt, then its conclusion, and the Celery task that runs retries.
+
+A first attempt comes from a ready list (feeder.py); every later attempt, and an attempt cut short
+by Redis going away, is a Celery task (`followup.deliver`) published with its backoff as countdown.
+Both paths conclude an attempt with the same code (`follow_up`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from celery import Task
+from celery.exceptions import Retry
 
 from followup.backoff import retry_delay
 from followup.celery_app import app
@@ -21,6 +28,9 @@ TASK_NAME = "followup.deliver"
 # A copy of an attempt that a live worker runs looks again after at most this long: short enough
 # that the copy is never held past the broker's visibility timeout.
 BUSY_RECHECK = 30.0
+
+# Puts attempt `attempt` of the job on the broker to run in `countdown` seconds; `reason` says why.
+Publish = Callable[[int, float, str], None]
 
 
 class AttemptFailed(Exception):
@@ -47,21 +57,27 @@ def deliver(
     attempt cut short by Redis going away runs again as the same attempt instead of using one up.
     """
     job = Job(self.request.id, key, expired_at, payload, payload_error)
-    rt: WorkerRuntime | None = None
+    retries: list[Retry] = []
+
+    def publish(next_attempt: int, countdown: float, reason: str) -> None:
+        kwargs = task_kwargs(job, next_attempt)
+        retries.append(self.retry(countdown=countdown, exc=AttemptFailed(reason), kwargs=kwargs, throw=False))
+
     try:
         rt = runtime()
-        outcome = run_attempt(rt, job, attempt)
-        return _conclude(self, rt, job, attempt, outcome)
     except (redis.RedisError, TimeoutError) as exc:
-        # Nothing was concluded: this same attempt runs again. (Celery's Retry is not caught here.)
-        delay = retry_delay(rt.settings if rt else settings(), attempt)
-        if rt is not None:
-            _release_quietly(rt, job, attempt, str(exc))
-        log.warning("job %s attempt %d interrupted (%s); runs again in %.1fs", job.id, attempt, exc, delay)
-        raise self.retry(countdown=delay, exc=exc, kwargs=_kwargs(job, attempt)) from None
+        delay = retry_delay(settings(), attempt)
+        log.warning("job %s attempt %d could not start (%s); runs again in %.1fs", job.id, attempt, exc, delay)
+        raise self.retry(countdown=delay, exc=exc, kwargs=task_kwargs(job, attempt)) from None
+    kind = follow_up(rt, job, attempt, publish)
+    if retries:
+        raise retries[-1]  # Celery shows the task as retrying; the next attempt is already published
+    if kind == "failed":
+        raise JobFailed(f"job {job.id} failed after {attempt} attempt(s)")
+    return kind
 
 
-def _kwargs(job: Job, attempt: int) -> dict[str, Any]:
+def task_kwargs(job: Job, attempt: int) -> dict[str, Any]:
     """The task's arguments for attempt `attempt` of `job` (its id is the task id)."""
     return {
         "key": job.key,
@@ -72,7 +88,25 @@ def _kwargs(job: Job, attempt: int) -> dict[str, Any]:
     }
 
 
-def _conclude(task: Task, rt: WorkerRuntime, job: Job, attempt: int, outcome: Outcome) -> str:
+def follow_up(rt: WorkerRuntime, job: Job, attempt: int, publish: Publish) -> str:
+    """Run one attempt and conclude it: success | skipped | failed (dead-lettered) | retrying.
+
+    Raises only when the next step could not be published either; the caller then keeps what
+    would bring the attempt back (its unacked message, or its lease on the ready list).
+    """
+    try:
+        outcome = run_attempt(rt, job, attempt)
+        return _conclude(rt, job, attempt, outcome, publish)
+    except (redis.RedisError, TimeoutError) as exc:
+        # Nothing was concluded: this same attempt runs again.
+        delay = retry_delay(rt.settings, attempt)
+        _release_quietly(rt, job, attempt, str(exc))
+        log.warning("job %s attempt %d interrupted (%s); runs again in %.1fs", job.id, attempt, exc, delay)
+        publish(attempt, delay, str(exc))
+        return "retrying"
+
+
+def _conclude(rt: WorkerRuntime, job: Job, attempt: int, outcome: Outcome, publish: Publish) -> str:
     config = rt.settings
     if outcome.kind == "success":
         rt.metrics.attempts.labels("success").observe(attempt)
@@ -84,8 +118,8 @@ def _conclude(task: Task, rt: WorkerRuntime, job: Job, attempt: int, outcome: Ou
     if outcome.kind == "busy":
         # Look again when the other holder's lease ends (or sooner): by then it has finished, or
         # it died and this copy is the one that must run.
-        countdown = min((outcome.retry_after or 0) + 1, BUSY_RECHECK)
-        raise task.retry(countdown=countdown, kwargs=_kwargs(job, attempt))
+        publish(attempt, min((outcome.retry_after or 0) + 1, BUSY_RECHECK), outcome.reason)
+        return "retrying"
     if outcome.final or attempt >= config.max_attempts:
         verdict = rt.store.dead_letter(job, attempt, outcome.reason)
         if verdict == "succeeded":
@@ -96,7 +130,7 @@ def _conclude(task: Task, rt: WorkerRuntime, job: Job, attempt: int, outcome: Ou
         if verdict == "dead-lettered":
             rt.metrics.dead_lettered.inc()
         log.error("job %s (%s) failed after %d attempt(s): %s; %s", job.id, job.key, attempt, outcome.reason, verdict)
-        raise JobFailed(f"{outcome.reason} (after {attempt} attempts)")
+        return "failed"
     delay = retry_delay(config, attempt)
     if outcome.retry_after:
         # The receiver asked for a pause (429 / 503 Retry-After): granted, up to BACKOFF_MAX.
@@ -110,13 +144,11 @@ def _conclude(task: Task, rt: WorkerRuntime, job: Job, attempt: int, outcome: Ou
         outcome.reason,
         delay,
     )
-    retry = task.retry(
-        countdown=delay, exc=AttemptFailed(outcome.reason), kwargs=_kwargs(job, attempt + 1), throw=False
-    )
+    publish(attempt + 1, delay, outcome.reason)
     # Only now that the next attempt is on the broker: a redelivered copy of this attempt is
-    # stale. (Had the publish failed, this attempt's unacked message would run it again.)
+    # stale. (Had the publish failed, this attempt would come back and run again.)
     rt.store.end(job, attempt, outcome.reason)
-    raise retry
+    return "retrying"
 
 
 def _release_quietly(rt: WorkerRuntime, job: Job, attempt: int, reason: str) -> None:

@@ -22,6 +22,7 @@ from followup.durations import format_duration
 from followup.errors import DispatchError
 from followup.jobs import Job, JobStore
 from followup.metrics import WorkerMetrics
+from followup.ready import WAKE_CHANNEL
 
 log = logging.getLogger("followup.worker")
 
@@ -45,15 +46,19 @@ class WorkerRuntime:
     hub: CallbackHub
     dispatcher: Dispatcher
     metrics: WorkerMetrics
+    # Set when the listener says a ready list has jobs (see feeder.py).
+    ready_signal: threading.Event
 
     @classmethod
     def start(cls, settings: Settings) -> WorkerRuntime:
         client = redis_client(settings.redis_url)
         store = JobStore(client, settings)
+        ready_signal = threading.Event()
         hub = CallbackHub(
             subscriber_client(settings.redis_url),
             settings.callback_channel,
             offer=lambda cb: store.offer(cb.job_id, cb.status, cb.raw, cb.error),
+            signals={WAKE_CHANNEL: ready_signal.set},
         )
         try:
             hub.start()
@@ -65,7 +70,7 @@ class WorkerRuntime:
         # One keep-alive connection per slot that may be posting at the same moment.
         pool = settings.worker_concurrency or DEFAULT_CONCURRENCY
         dispatcher = Dispatcher(settings, client, http_session(pool), metrics)
-        return cls(settings, client, store, hub, dispatcher, metrics)
+        return cls(settings, client, store, hub, dispatcher, metrics, ready_signal)
 
     def health(self) -> tuple[bool, str]:
         """For /healthz: the callback subscription is live."""

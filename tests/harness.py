@@ -146,6 +146,12 @@ class Request:
     raw: bytes = b""
 
 
+class _ReceiverServer(ThreadingHTTPServer):
+    # A worker connects for a whole burst of jobs at once; socketserver's backlog of 5 would
+    # drop the rest of the SYNs, and the kernel retries them only after a second.
+    request_queue_size = 1024
+
+
 class Receiver:
     """A real HTTP server standing in for the flow: records every call, answers as planned."""
 
@@ -156,7 +162,7 @@ class Receiver:
         self._cond = threading.Condition()
         self._redis = redis.Redis.from_url(redis_url)
         self._callback_channel = callback_channel
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _ReceiverServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()

@@ -13,7 +13,9 @@ import redis
 
 import followup
 from followup.embedded import RedisServer
+from followup.feeder import LEASE_CARE_EVERY
 from followup.index import DUE, job_id
+from followup.ready import LEASE_MS
 from tests.conftest import CALLBACK_CHANNEL, SUCCESS_CHANNEL, System, base_env
 from tests.harness import Events, Receiver, Reply, start_listener, start_worker, wait_until
 from tests.test_end_to_end import run_cli, unique
@@ -253,8 +255,9 @@ def test_worker_killed_while_50_jobs_wait_loses_none(private_redis: RedisServer,
             first, second = receiver.calls(key)
             assert first.body["jobId"] == second.body["jobId"]
             assert second.body["attempt"] == 1, "the interrupted attempt runs again, it is not used up"
-            # Back once the visibility timeout (7 s) has passed, found by a sweep every 5 s.
-            assert 7.0 <= second.at - first.at < 7.0 + 5.0 + 5.0, second.at - first.at
+            # Back once its lease has run out, put back by the rescuer's next look at the leases.
+            lease = LEASE_MS / 1000
+            assert lease <= second.at - first.at < lease + LEASE_CARE_EVERY + 5.0, second.at - first.at
         assert len(events.matching(SUCCESS_CHANNEL)) == 50
     finally:
         listener.stop()
