@@ -265,6 +265,8 @@ class Context:
 
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "missing or wrong bearer token"},
+    # Any path can miss: a path parameter with a newline, say, matches no route.
+    404: {"model": Problem, "description": "no such thing (or no such route)"},
     422: {"model": Problem, "description": "bad input, named"},
     503: {"model": Problem, "description": "Redis (or the broker) is unavailable"},
 }
@@ -299,6 +301,7 @@ def create_app(settings: Settings, *, live: LiveRules | None = None) -> FastAPI:
     )
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(redis.RedisError, _redis_down)
+    app.add_exception_handler(UnicodeEncodeError, _not_utf8)
     app.include_router(_open_routes(ctx))
     auth = [Depends(_token_check(settings.api_token))]
     for router in (_followup_routes(ctx), _job_routes(ctx), _rule_routes(ctx)):
@@ -323,6 +326,11 @@ def _token_check(api_token: str | None) -> Callable[..., None]:
 async def _invalid(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
+
+
+async def _not_utf8(_: Request, exc: Exception) -> JSONResponse:
+    # JSON can carry a lone surrogate ("\\ud800"), which no Redis key or value can hold.
+    return JSONResponse({"detail": "text that cannot be encoded as UTF-8 (a lone surrogate?)"}, status_code=422)
 
 
 async def _redis_down(_: Request, exc: Exception) -> JSONResponse:

@@ -345,3 +345,10 @@ def test_redis_down_is_503_not_500(log_dir: Path) -> None:
     finally:
         api.stop()
         server.stop()
+
+
+def test_a_lone_surrogate_is_422_not_500(api: Api) -> None:
+    answer = api.call(
+        "POST", "/followups", data='{"key": "t:\\ud800", "in": "1h"}', headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 422 and "key" in answer.json()["detail"]
