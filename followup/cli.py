@@ -355,9 +355,14 @@ def check() -> None:
 
 
 @main.command()
-@click.option("--role", type=click.Choice(["auto", "listen", "worker", "flower"]), default="auto", show_default=True)
+@click.option(
+    "--role", type=click.Choice(["auto", "listen", "worker", "flower", "api"]), default="auto", show_default=True
+)
 def health(role: str) -> None:
-    """Container health check: asks this container's process for /healthz (Flower: /healthcheck)."""
+    """Container health check: asks this container's process for /healthz (Flower: /healthcheck).
+
+    The API answers on API_PORT (it binds API_HOST; 0.0.0.0 in a container includes 127.0.0.1).
+    """
     import urllib.error
     import urllib.request
 
@@ -366,6 +371,8 @@ def health(role: str) -> None:
         role = _container_role()
     if role == "flower":
         url = f"http://127.0.0.1:{os.environ.get('FLOWER_PORT', '5555')}/healthcheck"
+    elif role == "api":
+        url = f"http://127.0.0.1:{config.api_port}/healthz"
     elif config.metrics_port:
         url = f"http://127.0.0.1:{config.metrics_port}/healthz"
     else:
@@ -380,12 +387,12 @@ def health(role: str) -> None:
 
 
 def _container_role() -> str:
-    """What PID 1 runs: flower, worker or listen (a container's main process)."""
+    """What PID 1 runs: flower, worker, api or listen (a container's main process)."""
     try:
         command = Path("/proc/1/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "listen"
-    for role in (b"flower", b"worker"):
+    for role in (b"flower", b"worker", b"api"):
         if role in command:
             return role.decode()
     return "listen"

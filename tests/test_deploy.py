@@ -48,7 +48,7 @@ def stack() -> dict:
 
 def test_stack_has_the_services_and_settings_the_issue_names(stack: dict) -> None:
     services = stack["services"]
-    assert set(services) == {"redis", "listener", "worker", "flower"}
+    assert set(services) == {"redis", "listener", "worker", "worker-priority", "api", "flower"}
     redis_command = " ".join(map(str, services["redis"]["command"]))
     assert "--appendonly yes" in redis_command
     assert "--maxmemory-policy noeviction" in redis_command
@@ -60,7 +60,10 @@ def test_stack_has_the_services_and_settings_the_issue_names(stack: dict) -> Non
     assert grace in ("6m", "6m0s"), grace
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH_FILE"].startswith("/run/secrets/")
     assert "FLOWER_BASIC_AUTH" not in services["flower"]["environment"]
-    for name in ("listener", "worker", "flower", "redis"):
+    assert services["api"]["environment"]["API_TOKEN_FILE"].startswith("/run/secrets/")
+    assert "API_TOKEN" not in services["api"]["environment"]
+    assert services["worker-priority"]["command"] == ["worker", "--queues", "priority"]
+    for name in ("listener", "worker", "worker-priority", "api", "flower", "redis"):
         assert services[name]["deploy"]["resources"]["limits"], name
         assert services[name]["networks"], name
     assert stack["networks"]["followup"]["driver"] == "overlay"
@@ -73,7 +76,7 @@ def test_stop_grace_period_outlasts_one_attempt() -> None:
 
 def test_every_variable_the_stack_sets_is_one_followup_knows(stack: dict) -> None:
     set_by_stack = set(env_file(ENV_EXAMPLE))
-    for service in ("listener", "worker", "flower"):
+    for service in ("listener", "worker", "worker-priority", "api", "flower"):
         set_by_stack |= set(stack["services"][service].get("environment") or {})
     unknown = set_by_stack - KNOWN
     assert not unknown, f"not in the contract: {sorted(unknown)}"
@@ -97,7 +100,7 @@ def test_dockerfile_is_slim_non_root_with_a_healthcheck() -> None:
     assert (ROOT / ".dockerignore").read_text().count(".venv") == 1
 
 
-@pytest.mark.parametrize("role", ["listen", "worker", "flower", "health", "check", "dead"])
+@pytest.mark.parametrize("role", ["listen", "worker", "flower", "api", "health", "check", "dead", "rules"])
 def test_every_role_the_image_runs_is_a_followup_command(role: str) -> None:
     env = {**os.environ, **env_file(ENV_EXAMPLE), "FLOWER_BASIC_AUTH": "admin:a-password"}  # the stack's secret
     result = subprocess.run(
