@@ -22,7 +22,7 @@ from followup.rules import RuleStore
 Enqueue = Callable[[Sequence[Job]], None]
 JOB_PREFIX = job_key("")
 # GET /jobs walks job records with SCAN: bounded, so a huge keyspace cannot stall the API.
-RECENT_SCAN_MAX_KEYS = 20_000
+RECENT_SCAN_MAX_KEYS = 5_000
 
 
 class UnknownJob(LookupError):
