@@ -14,6 +14,7 @@ from celery.signals import (
 )
 
 from followup.feeder import Feeder
+from followup.job_events import JobEvents
 from followup.redelivery import UnackedSweeper
 
 app = Celery("followup")
@@ -51,7 +52,11 @@ def _start_worker_services(sender: object = None, **_: object) -> None:
     # The queues this worker consumes (`--queues`): their ready lists, in the same order.
     queues = [queue.name for queue in (app.amqp.queues.consume_from or app.amqp.queues).values()]
     slots = getattr(getattr(sender, "controller", None), "concurrency", None) or DEFAULT_CONCURRENCY
-    _feeder = Feeder(worker_runtime, queues or [worker_runtime.settings.queue_name], slots)
+    events = None
+    if app.conf.worker_send_task_events:
+        events = JobEvents(app, getattr(sender, "hostname", None) or "followup")
+        events.start()
+    _feeder = Feeder(worker_runtime, queues or [worker_runtime.settings.queue_name], slots, events)
     _feeder.start()
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from followup.job_events import JobEvents
 from followup.jobs import Job
 from followup.ready import LEASE_MS, ReadyJob, ReadyQueue
 from followup.worker import WorkerRuntime
@@ -31,8 +32,9 @@ RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "
 
 
 class Feeder:
-    def __init__(self, rt: WorkerRuntime, queues: Sequence[str], slots: int) -> None:
+    def __init__(self, rt: WorkerRuntime, queues: Sequence[str], slots: int, events: JobEvents | None) -> None:
         self._rt = rt
+        self._events = events
         self._queues = list(queues)
         self._slots = slots
         self._ready = ReadyQueue(rt.redis)
@@ -74,6 +76,8 @@ class Feeder:
         if self._thread is not None:
             self._thread.join(5)
         self._flush_settled()
+        if self._events:
+            self._events.stop()
         return left
 
     # The loop ---------------------------------------------------------------------------------
@@ -100,6 +104,8 @@ class Feeder:
         for ready in taken:
             with self._lock:
                 self._running[ready.job.id] = ready
+            if self._events:
+                self._events.received(ready)
             threading.Thread(target=self._follow_up, args=(ready,), name=f"job-{ready.job.id}", daemon=True).start()
         return len(taken)
 
@@ -127,10 +133,16 @@ class Feeder:
     def _follow_up(self, ready: ReadyJob) -> None:
         from followup.tasks import follow_up
 
-        job, settled = ready.job, False
+        job, settled, started = ready.job, False, time.monotonic()
+        if self._events:
+            self._events.started(job.id)
         try:
-            follow_up(self._rt, job, ready.attempt, lambda attempt, delay, _: self._publish(ready, attempt, delay))
+            kind, why = follow_up(
+                self._rt, job, ready.attempt, lambda attempt, delay, why: self._publish(ready, attempt, delay, why)
+            )
             settled = True
+            if self._events and kind != "retrying":  # a retry's event went out before it (_publish)
+                self._events.finished(job.id, kind, started, why)
         except Exception:
             # Its lease stays: once it runs out, the job goes back on its list.
             log.exception("job %s: attempt %d could not be concluded; it runs again later", job.id, ready.attempt)
@@ -143,10 +155,14 @@ class Feeder:
             if self.running == self._slots - 1:
                 self._rt.ready_signal.set()  # a slot came free: take more, if more wait
 
-    def _publish(self, ready: ReadyJob, attempt: int, countdown: float) -> None:
+    def _publish(self, ready: ReadyJob, attempt: int, countdown: float, why: str) -> None:
         from followup.tasks import deliver, task_kwargs
 
         job: Job = ready.job
+        if self._events:
+            # This attempt's events reach Flower before those of its retry.
+            self._events.finished(job.id, "retrying", 0.0, why)
+            self._events.flush()
         deliver.apply_async(
             kwargs=task_kwargs(job, attempt),
             task_id=job.id,

@@ -69,7 +69,7 @@ def deliver(
         delay = retry_delay(settings(), attempt)
         log.warning("job %s attempt %d could not start (%s); runs again in %.1fs", job.id, attempt, exc, delay)
         raise self.retry(countdown=delay, exc=exc, kwargs=task_kwargs(job, attempt)) from None
-    kind = follow_up(rt, job, attempt, publish)
+    kind, _ = follow_up(rt, job, attempt, publish)
     if retries:
         raise retries[-1]  # Celery shows the task as retrying; the next attempt is already published
     if kind == "failed":
@@ -88,8 +88,8 @@ def task_kwargs(job: Job, attempt: int) -> dict[str, Any]:
     }
 
 
-def follow_up(rt: WorkerRuntime, job: Job, attempt: int, publish: Publish) -> str:
-    """Run one attempt and conclude it: success | skipped | failed (dead-lettered) | retrying.
+def follow_up(rt: WorkerRuntime, job: Job, attempt: int, publish: Publish) -> tuple[str, str]:
+    """Run one attempt and conclude it: (success | skipped | failed (dead-lettered) | retrying, why).
 
     Raises only when the next step could not be published either; the caller then keeps what
     would bring the attempt back (its unacked message, or its lease on the ready list).
@@ -103,34 +103,34 @@ def follow_up(rt: WorkerRuntime, job: Job, attempt: int, publish: Publish) -> st
         _release_quietly(rt, job, attempt, str(exc))
         log.warning("job %s attempt %d interrupted (%s); runs again in %.1fs", job.id, attempt, exc, delay)
         publish(attempt, delay, str(exc))
-        return "retrying"
+        return "retrying", str(exc)
 
 
-def _conclude(rt: WorkerRuntime, job: Job, attempt: int, outcome: Outcome, publish: Publish) -> str:
+def _conclude(rt: WorkerRuntime, job: Job, attempt: int, outcome: Outcome, publish: Publish) -> tuple[str, str]:
     config = rt.settings
     if outcome.kind == "success":
         rt.metrics.attempts.labels("success").observe(attempt)
         log.info("job %s (%s) succeeded on attempt %d: %s", job.id, job.key, attempt, outcome.reason)
-        return outcome.kind
+        return outcome.kind, outcome.reason
     if outcome.kind == "skipped":
         log.info("job %s attempt %d skipped: %s", job.id, attempt, outcome.reason)
-        return outcome.kind
+        return outcome.kind, outcome.reason
     if outcome.kind == "busy":
         # Look again when the other holder's lease ends (or sooner): by then it has finished, or
         # it died and this copy is the one that must run.
         publish(attempt, min((outcome.retry_after or 0) + 1, BUSY_RECHECK), outcome.reason)
-        return "retrying"
+        return "retrying", outcome.reason
     if outcome.final or attempt >= config.max_attempts:
         verdict = rt.store.dead_letter(job, attempt, outcome.reason)
         if verdict == "succeeded":
             rt.metrics.attempts.labels("success").observe(attempt)
             log.info("job %s (%s) succeeded: its success callback arrived after the last attempt", job.id, job.key)
-            return "success"
+            return "success", "its success callback arrived after the last attempt"
         rt.metrics.attempts.labels("failed").observe(attempt)
         if verdict == "dead-lettered":
             rt.metrics.dead_lettered.inc()
         log.error("job %s (%s) failed after %d attempt(s): %s; %s", job.id, job.key, attempt, outcome.reason, verdict)
-        return "failed"
+        return "failed", outcome.reason
     delay = retry_delay(config, attempt)
     if outcome.retry_after:
         # The receiver asked for a pause (429 / 503 Retry-After): granted, up to BACKOFF_MAX.
@@ -148,7 +148,7 @@ def _conclude(rt: WorkerRuntime, job: Job, attempt: int, outcome: Outcome, publi
     # Only now that the next attempt is on the broker: a redelivered copy of this attempt is
     # stale. (Had the publish failed, this attempt would come back and run again.)
     rt.store.end(job, attempt, outcome.reason)
-    return "retrying"
+    return "retrying", outcome.reason
 
 
 def _release_quietly(rt: WorkerRuntime, job: Job, attempt: int, reason: str) -> None:
