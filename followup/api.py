@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -212,17 +213,28 @@ def _problem(status: int, detail: str) -> HTTPException:
 
 def _delay_seconds(request: ScheduleRequest, now_ms: int) -> float:
     """The request's `in` or `at` as seconds from now; HTTPException 422 naming the field."""
+    seconds = _seconds_from_now(request, now_ms)
+    field, value = ("in", request.in_) if request.in_ is not None else ("at", request.at)
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:60] + "…"
+    if not seconds > 0:
+        raise _problem(422, f"{field}: {shown}: expected a time in the future")
+    if seconds * 1000 > MAX_DELAY_MS:
+        raise _problem(422, f"{field}: {shown}: expected at most ten years ahead")
+    return seconds
+
+
+def _seconds_from_now(request: ScheduleRequest, now_ms: int) -> float:
     if request.in_ is not None:
-        field, value = "in", request.in_
+        value = request.in_
         if isinstance(value, str):
             try:
                 seconds = parse_duration(value, "in")
             except ConfigError as exc:
                 raise _problem(422, f"in: {exc.bad}: expected {exc.expected}") from None
         else:
-            seconds = float(value) / 1000
+            seconds = _float(value) / 1000
     else:
-        field, value = "at", request.at
+        value = request.at
         if isinstance(value, str):
             try:
                 moment = datetime.fromisoformat(value)
@@ -232,12 +244,16 @@ def _delay_seconds(request: ScheduleRequest, now_ms: int) -> float:
                 moment = moment.replace(tzinfo=UTC)
             seconds = moment.timestamp() - now_ms / 1000
         else:
-            seconds = (float(value) - now_ms) / 1000
-    if not seconds > 0:
-        raise _problem(422, f"{field}: {value!r}: expected a time in the future")
-    if seconds * 1000 > MAX_DELAY_MS:
-        raise _problem(422, f"{field}: {value!r}: expected at most ten years ahead")
+            seconds = (_float(value) - now_ms) / 1000
     return seconds
+
+
+def _float(value: float) -> float:
+    """An int too large for a float (JSON allows 1e400 as an integer) becomes ±infinity, past every limit."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _validation_message(exc: RequestValidationError) -> str:

@@ -157,6 +157,8 @@ def test_schedule_list_and_cancel(api: Api, db: redis.Redis) -> None:
         ({"key": "t:x", "in": -5}, "in: -5: expected a time in the future"),
         ({"key": "t:x", "in": 0}, "in: 0"),
         ({"key": "t:x", "in": 10**15}, "ten years"),
+        ({"key": "t:x", "in": 10**400}, "ten years"),
+        ({"key": "t:x", "at": -(10**400)}, "expected a time in the future"),
         ({"key": "t:x", "in": "99999999h"}, "in: '99999999h'"),
         ({"key": "t:x", "at": "2001-01-01T00:00:00Z"}, "at: '2001-01-01T00:00:00Z': expected a time in the future"),
         ({"key": "t:x", "at": "tomorrow"}, "at: 'tomorrow': expected an ISO 8601"),
