@@ -33,6 +33,8 @@ def run_checks(settings: Settings) -> Iterator[Check]:
     if watched is not None:
         yield _notify_flags(watched, settings.redis_db)
     yield Check("ok", "mapping", f"{len(settings.mapping.rules)} rule(s) parsed")
+    if watched is not None:
+        yield from rule_checks(watched, settings)
     yield from _webhook_hosts(settings)
     parts = [settings.longest_backoff, settings.webhook_timeout, settings.callback_timeout]
     backoff, webhook, callback = (format_duration(part) for part in parts)
@@ -46,6 +48,29 @@ def run_checks(settings: Settings) -> Iterator[Check]:
         yield Check("ok", "flower", "FLOWER_BASIC_AUTH is set")
     else:
         yield Check("warn", "flower", "FLOWER_BASIC_AUTH is not set: the dashboard would be open to anyone")
+
+
+def rule_checks(client: redis.Redis, settings: Settings) -> Iterator[Check]:
+    """Which rules are in force (Redis's, once seeded), and the queues they send jobs to."""
+    from followup.rules import RuleStore
+
+    try:
+        rule_set = RuleStore(client).load()
+    except redis.RedisError as exc:
+        yield Check("warn", "rules", f"cannot read the rules in Redis: {redact_userinfo(str(exc))}")
+        return
+    if rule_set.version:
+        rules = rule_set.rules
+        detail = f"{len(rules)} in Redis (version {rule_set.version}), in force; KEY_WEBHOOK_MAPPING only seeds"
+        yield Check("ok", "rules", detail)
+    else:
+        rules = settings.mapping.rules
+        yield Check("ok", "rules", "none in Redis yet: the first process to start seeds KEY_WEBHOOK_MAPPING's")
+    for problem in rule_set.skipped:
+        yield Check("warn", "rules", f"a stored rule does not parse and is skipped: {problem}")
+    queues = sorted({rule.queue for rule in rules if rule.queue and rule.queue != settings.queue_name})
+    if queues:
+        yield Check("ok", "queues", f"rules also use {', '.join(queues)}: each needs `followup worker --queues NAME`")
 
 
 def _redis_checks(name: str, url: str) -> Iterator[Check]:

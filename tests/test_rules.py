@@ -155,3 +155,18 @@ def test_live_rules_start_without_redis_uses_the_seed(caplog: pytest.LogCaptureF
         assert "not readable yet" in caplog.text
     finally:
         live.stop()
+
+
+def test_check_reports_the_rules_in_force_and_their_queues(url: str, store: RuleStore) -> None:
+    from followup.config import load_settings
+    from followup.doctor import rule_checks
+
+    settings = load_settings({"REDIS_URL": url, "KEY_WEBHOOK_MAPPING": "k=|c"}.get)
+    client = redis.Redis.from_url(url)
+    before = [check.line() for check in rule_checks(client, settings)]
+    assert before == ["ok    rules: none in Redis yet: the first process to start seeds KEY_WEBHOOK_MAPPING's"]
+    store.seed(settings.mapping.rules)
+    store.put(build_rule("vip:*", None, "c", "priority"))
+    after = [check.line() for check in rule_checks(client, settings)]
+    assert after[0].startswith("ok    rules: 2 in Redis (version")
+    assert after[1] == "ok    queues: rules also use priority: each needs `followup worker --queues NAME`"
