@@ -51,17 +51,19 @@ def main() -> None:
 
 @main.command()
 def listen() -> None:
-    """Turn expired-key events into Celery jobs (one process is enough; see README)."""
-    from followup.listener import Listener, celery_enqueue
+    """Turn expired-key events into jobs for the workers (one process is enough; see README)."""
+    from followup.listener import Listener
     from followup.logs import setup_logging
     from followup.notifications import NotificationsOff
+    from followup.rules import live_rules
 
     config = load_settings()
     setup_logging(config)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    listener = Listener(config, celery_enqueue(config))
+    rules = live_rules(config).start()
+    listener = Listener(config, rules)
     if config.metrics_port:
         from followup.metrics import serve
 
@@ -71,6 +73,8 @@ def listen() -> None:
     except NotificationsOff as exc:
         click.echo(f"followup listen: {exc}", err=True)
         sys.exit(2)
+    finally:
+        rules.stop()
     click.echo("followup listen: stopped", err=True)
 
 

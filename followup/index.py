@@ -20,8 +20,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from followup import scripts
 from followup.jobs import PREFIX, Job
@@ -98,16 +100,27 @@ class ScheduleIndex:
 
     # The listener's writes --------------------------------------------------------------------
 
+    def load_scripts(self) -> None:
+        """Load the scripts that go into pipelines (see scripts.queue); once per connection."""
+        scripts.ensure_loaded(self._redis, self._index, self._forget, self._claim)
+
     def index(self, keys: list[str], pipe: redis.client.Pipeline | None = None) -> list[int] | None:
-        args = [self._payload_limit, self.exact_flag(), *keys]
-        return self._index(keys=[DUE, VALUES, LIMBO, FIRED], args=args, client=pipe)
+        return self._call(
+            self._index, [DUE, VALUES, LIMBO, FIRED], [self._payload_limit, self.exact_flag(), *keys], pipe
+        )
 
     def forget(self, keys: list[str], pipe: redis.client.Pipeline | None = None) -> None:
-        self._forget(keys=[DUE, VALUES, LIMBO], args=keys, client=pipe)
+        self._call(self._forget, [DUE, VALUES, LIMBO], keys, pipe)
 
     def claim(self, keys: list[str], unknown_too: bool, pipe: redis.client.Pipeline | None = None) -> object:
         args = ["1" if unknown_too else "0", *keys]
-        return self._claim(keys=[DUE, VALUES, FIRING, FIRED, LIMBO], args=args, client=pipe)
+        return self._call(self._claim, [DUE, VALUES, FIRING, FIRED, LIMBO], args, pipe)
+
+    def _call(self, script: Script, keys: list[str], args: list, pipe: redis.client.Pipeline | None) -> Any:
+        if pipe is None:
+            return script(keys=keys, args=args)
+        scripts.queue(pipe, script, keys, args)
+        return None
 
     def fire_due(self, limit: int) -> FireResult:
         """Touch the entries whose deadline has come; claim those the touch expired."""
@@ -118,11 +131,12 @@ class ScheduleIndex:
         next_deadline, looked_at, redis_now = (int(next(raw)) for _ in range(3))
         return FireResult(claimed, gone, moved, next_deadline if next_deadline >= 0 else None, looked_at, redis_now)
 
-    def enqueued(self, claims: Iterable[Claimed]) -> None:
-        """The jobs of these claims are on the broker: drop them from the outbox."""
+    def enqueued(self, claims: Iterable[Claimed], pipe: redis.client.Pipeline) -> None:
+        """The jobs of these claims are on their ready lists (in the same transaction): drop them
+        from the outbox."""
         fields = [claim.firing_field for claim in claims]
         if fields:
-            self._redis.hdel(FIRING, *fields)
+            pipe.hdel(FIRING, *fields)
 
     def reclaim_firing(self, older_than_ms: int) -> tuple[list[Claimed], int | None]:
         """Claims abandoned in the outbox for longer than that, taken over (by this listener only),

@@ -24,9 +24,11 @@ from followup.config import Settings
 from followup.connections import redis_client, subscriber_client
 from followup.index import Claimed, FireResult, ScheduleIndex, parse_claims
 from followup.jobs import PREFIX, Job, now_ms
+from followup.mapping import Mapping
 from followup.metrics import ListenerMetrics
 from followup.notifications import ensure_flags
-from followup.ready import ReadyJob, ReadyQueue
+from followup.ready import ReadyQueue, ready_jobs
+from followup.rules import LiveRules
 
 log = logging.getLogger("followup.listener")
 
@@ -67,8 +69,6 @@ _OPS = {
 _BROKER_PREFIXES = ("_kombu.", "celery-task-meta-", "celery-taskset-meta-", PREFIX)
 _BROKER_KEYS = frozenset({"unacked", "unacked_index", "unacked_mutex"})
 
-Enqueue = Callable[[Sequence[Job]], None]
-
 
 def is_internal(key: str, queue_name: str) -> bool:
     """Keys of followup itself and of its broker, which a broad glob must not catch."""
@@ -76,12 +76,13 @@ def is_internal(key: str, queue_name: str) -> bool:
 
 
 class Listener:
-    def __init__(self, settings: Settings, enqueue: Enqueue) -> None:
+    def __init__(self, settings: Settings, rules: LiveRules | None = None) -> None:
         self._settings = settings
-        self._enqueue = enqueue
+        self._rules = rules  # None: KEY_WEBHOOK_MAPPING as it is (tests that need no live rules)
         self._subscriber = subscriber_client(settings.redis_url)
         self._redis = redis_client(settings.redis_url, pool_size=8)
         self._index = ScheduleIndex(self._redis, settings.payload_max_bytes)
+        self._ready = ReadyQueue(self._redis)
         self._pattern = f"__keyevent@{settings.redis_db}__:*"
         # Entries in limbo this listener waits to see decided: key -> (since, "gone" | "moved").
         self._awaiting: dict[str, tuple[float, str]] = {}
@@ -103,6 +104,10 @@ class Listener:
         if stalled > 10 * MAX_SLEEP:
             return False, f"the event loop has not turned for {stalled:.0f}s"
         return True, f"listening on {self._pattern}"
+
+    @property
+    def _mapping(self) -> Mapping:
+        return self._rules.mapping if self._rules is not None else self._settings.mapping
 
     def _index_size(self) -> float:
         try:
@@ -133,6 +138,7 @@ class Listener:
 
     def _session(self, stop: threading.Event) -> None:
         self._index.reset_connection_facts()
+        self._index.load_scripts()
         self._awaiting.clear()
         report = ensure_flags(self._redis, self._settings.redis_db, NOTIFY_FLAGS)
         pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
@@ -146,7 +152,7 @@ class Listener:
                 "listening on %s at %s (%d rules, %d follow-ups indexed; %s)",
                 self._pattern,
                 self._settings.masked_redis_url,
-                len(self._settings.mapping.rules),
+                len(self._mapping.rules),
                 self._index.size(),
                 report,
             )
@@ -242,7 +248,7 @@ class Listener:
         except UnicodeDecodeError:
             log.debug("ignored a key that is not UTF-8: %r", raw[:200])
             return None
-        if not key or is_internal(key, self._settings.queue_name) or self._settings.mapping.match(key) is None:
+        if not key or is_internal(key, self._settings.queue_name) or self._mapping.match(key) is None:
             return None
         return key
 
@@ -390,13 +396,12 @@ class Listener:
         for claim in claims:
             self._awaiting.pop(claim.key, None)
         jobs = [claim.job(self._settings.payload_max_bytes) for claim in claims]
-        try:
-            self._enqueue(jobs)
-        except Exception:
-            # Left in the outbox: the next catch-up enqueues them (same jobIds).
-            log.exception("could not enqueue %d job(s); they stay claimed and are retried on reconnect", len(jobs))
-            raise redis.ConnectionError("enqueue failed") from None
-        self._index.enqueued(claims)
+        # Onto the ready lists and out of the outbox in one transaction. Should it fail, the
+        # claims stay in the outbox, and the catch-up after the reconnect enqueues them.
+        pipe = self._redis.pipeline(transaction=True)
+        self._ready.push(ready_jobs(jobs, self._mapping, self._settings.queue_name), pipe)
+        self._index.enqueued(claims, pipe)
+        pipe.execute()
         self.metrics.enqueued.labels(path).inc(len(jobs))
         enqueued_at = self._redis_now()
         for job in jobs:
@@ -421,15 +426,16 @@ def _read_batch(pubsub: redis.client.PubSub, timeout: float) -> list[dict]:
     return [m for m in messages if m["type"] == "pmessage"]
 
 
-def ready_enqueue(settings: Settings) -> Enqueue:
-    """Put jobs on their queue's ready list for their first attempt (see ready.py), one round trip
-    per batch."""
-    ready = ReadyQueue(redis_client(settings.redis_url, pool_size=4))
+def ready_enqueue(settings: Settings) -> Callable[[Sequence[Job]], None]:
+    """Put jobs on the ready lists of their rules' queues for their first attempt (a replay)."""
+    from followup.operations import current_mapping
+
+    client = redis_client(settings.redis_url, pool_size=2)
+    ready = ReadyQueue(client)
 
     def enqueue(jobs: Sequence[Job]) -> None:
-        ready.push([ReadyJob(job, 1, settings.queue_name) for job in jobs])
+        pipe = client.pipeline(transaction=True)
+        ready.push(ready_jobs(jobs, current_mapping(client, settings), settings.queue_name), pipe)
+        pipe.execute()
 
     return enqueue
-
-
-celery_enqueue = ready_enqueue  # the name cli.py still imports

@@ -31,9 +31,9 @@ class UnknownJob(LookupError):
 
 def enqueuer(settings: Settings) -> Enqueue:
     """How replays are put back on the broker: the listener's enqueue path, in this one place."""
-    from followup.listener import celery_enqueue
+    from followup.listener import ready_enqueue
 
-    return celery_enqueue(settings)
+    return ready_enqueue(settings)
 
 
 def current_mapping(client: redis.Redis, settings: Settings) -> Mapping:

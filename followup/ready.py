@@ -24,6 +24,7 @@ import redis
 
 from followup import scripts
 from followup.jobs import PREFIX, Job
+from followup.mapping import Mapping
 
 READY_PREFIX = f"{PREFIX}ready:"
 LEASES = f"{PREFIX}leases"
@@ -38,6 +39,15 @@ DROP_BATCH = 1000
 
 def ready_list(queue: str) -> str:
     return READY_PREFIX + queue
+
+
+def ready_jobs(jobs: Iterable[Job], mapping: Mapping, default_queue: str) -> list[ReadyJob]:
+    """First attempts of `jobs`, each on the queue its rule names (`key=…@queue`), else the default."""
+    out = []
+    for job in jobs:
+        rule = mapping.match(job.key)
+        out.append(ReadyJob(job, 1, (rule.queue if rule else None) or default_queue))
+    return out
 
 
 @dataclass(frozen=True)
@@ -78,19 +88,15 @@ class ReadyQueue:
         self._reap = scripts.load(client, "reap_leases")
         self._drop = scripts.load(client, "drop_leases")
 
-    def push(self, jobs: Sequence[ReadyJob]) -> None:
-        """Put jobs on their queues' lists and wake the workers, in one round trip."""
+    def push(self, jobs: Sequence[ReadyJob], pipe: redis.client.Pipeline) -> None:
+        """Put jobs on their queues' lists and wake the workers, in the caller's transaction."""
         by_queue: dict[str, list[str]] = {}
         for ready in jobs:
             by_queue.setdefault(ready.queue, []).append(ready.to_json())
-        if not by_queue:
-            return
-        pipe = self._redis.pipeline(transaction=True)
         for queue, messages in by_queue.items():
             pipe.lpush(ready_list(queue), *messages)
         for queue in by_queue:
             pipe.publish(WAKE_CHANNEL, queue)
-        pipe.execute()
 
     def take(self, queues: Sequence[str], limit: int, lease_ms: int = LEASE_MS) -> list[ReadyJob]:
         """Up to `limit` jobs from the queues' lists (the first queue first), each now leased."""

@@ -23,6 +23,7 @@ from followup.errors import DispatchError
 from followup.jobs import Job, JobStore
 from followup.metrics import WorkerMetrics
 from followup.ready import WAKE_CHANNEL
+from followup.rules import LiveRules, live_rules
 
 log = logging.getLogger("followup.worker")
 
@@ -48,6 +49,7 @@ class WorkerRuntime:
     metrics: WorkerMetrics
     # Set when the listener says a ready list has jobs (see feeder.py).
     ready_signal: threading.Event
+    rules: LiveRules
 
     @classmethod
     def start(cls, settings: Settings) -> WorkerRuntime:
@@ -70,7 +72,8 @@ class WorkerRuntime:
         # One keep-alive connection per slot that may be posting at the same moment.
         pool = settings.worker_concurrency or DEFAULT_CONCURRENCY
         dispatcher = Dispatcher(settings, client, http_session(pool), metrics)
-        return cls(settings, client, store, hub, dispatcher, metrics, ready_signal)
+        rules = live_rules(settings).start()
+        return cls(settings, client, store, hub, dispatcher, metrics, ready_signal, rules)
 
     def health(self) -> tuple[bool, str]:
         """For /healthz: the callback subscription is live."""
@@ -80,6 +83,7 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self.hub.stop()
+        self.rules.stop()
 
 
 _runtime: WorkerRuntime | None = None
@@ -107,9 +111,9 @@ def run_attempt(rt: WorkerRuntime, job: Job, attempt: int) -> Outcome:
     A failed attempt returns `failed` and leaves its lease in place: the task ends it
     (`JobStore.end`) once the retry is on the broker.
     """
-    rule = rt.settings.mapping.match(job.key)
+    rule = rt.rules.mapping.match(job.key)
     if rule is None:
-        return Outcome("failed", f"no rule for key {job.key!r} in this worker's KEY_WEBHOOK_MAPPING")
+        return Outcome("failed", f"no rule for key {job.key!r} (it was removed after the key expired?)")
     # Register before anything can make the flow answer: n8n confirms before its webhook returns.
     with rt.hub.register(job.id, attempt) as waiter:
         begin = rt.store.begin(job, attempt)

@@ -54,7 +54,6 @@ def test_an_http_callback_before_the_webhook_has_answered_still_counts(system: S
     assert len(system.receiver.calls(key)) == 1  # completed by that callback, not by a retry
 
 
-@pytest.mark.xfail(reason="LiveRules not wired yet into the listener and worker", strict=False)
 def test_a_rule_added_through_the_api_fires_without_a_restart(system: System, api: Api) -> None:
     key = unique("live:")
     added = api.call("PUT", "/rules/live:*", json={"webhook": system.receiver.url("/live")})

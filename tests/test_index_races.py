@@ -113,14 +113,14 @@ def test_an_empty_key_name_neither_crashes_the_timer_nor_fires(index) -> None:
     time.sleep(0.05)
     assert [c.key for c in fire(idx)] == [""]  # the scripts cope; the listener ignores such keys
     settings = load_settings({"REDIS_URL": "redis://127.0.0.1:1/0", "KEY_WEBHOOK_MAPPING": "*=|c"}.get)
-    assert Listener(settings, lambda jobs: None)._mapped_key(b"") is None
+    assert Listener(settings)._mapped_key(b"") is None
 
 
 def test_managed_redis_without_the_index_flags_is_refused(log_dir) -> None:
     server = RedisServer(args=("--notify-keyspace-events", "Ex", "--rename-command", "CONFIG", "")).start()
     try:
         settings = load_settings({"REDIS_URL": server.url(), "KEY_WEBHOOK_MAPPING": "t:*=|c"}.get)
-        listener = Listener(settings, lambda jobs: None)
+        listener = Listener(settings)
         with pytest.raises(NotificationsOff, match=r"'\$g' are off.*'Eg\$xe'"):
             listener.run(threading.Event())
     finally:
@@ -131,7 +131,7 @@ def test_managed_redis_with_the_flags_set_is_accepted(log_dir) -> None:
     server = RedisServer(args=("--notify-keyspace-events", "Eg$xe", "--rename-command", "CONFIG", "")).start()
     try:
         settings = load_settings({"REDIS_URL": server.url(), "KEY_WEBHOOK_MAPPING": "t:*=|c"}.get)
-        listener = Listener(settings, lambda jobs: None)
+        listener = Listener(settings)
         stop = threading.Event()
         thread = threading.Thread(target=listener.run, args=(stop,), daemon=True)
         thread.start()
