@@ -129,6 +129,11 @@ def run_attempt(rt: WorkerRuntime, job: Job, attempt: int) -> Outcome:
         try:
             rt.dispatcher.send(job, rule, attempt)
         except DispatchError as exc:
+            # The flow may have confirmed before its webhook's answer failed (n8n publishes
+            # first): the job is done, whatever became of the answer.
+            early = waiter.close()
+            if early is not None and early.ok:
+                return _succeed(rt, job, attempt, f"callback confirmed it (though {exc})")
             return Outcome("failed", str(exc), exc.retry_after, exc.final)
         timeout = rt.settings.callback_timeout
         dispatched = time.monotonic()

@@ -84,6 +84,17 @@ def test_callback_published_before_the_webhook_answers_completes_the_job(system:
     assert len(system.receiver.calls(key)) == 1
 
 
+def test_a_success_published_before_a_webhook_answer_that_times_out_still_completes_the_job(system: System) -> None:
+    key = unique("t:late-answer-")
+    # The flow confirms, then its answer takes longer than WEBHOOK_TIMEOUT (1 s).
+    system.receiver.plan(key, Reply(callback="success", callback_first=True, delay=1.6))
+    system.expire(key)
+    [call] = system.receiver.wait_calls(key, 1)
+    event = system.events.wait(SUCCESS_CHANNEL, jobId=call.body["jobId"])
+    assert event["attempts"] == 1
+    assert len(system.receiver.calls(key)) == 1
+
+
 def test_channel_only_rule_publishes_the_same_body(system: System) -> None:
     key = unique("ch:")
     system.expire(key)
