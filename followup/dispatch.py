@@ -12,12 +12,13 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import redis
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util import Timeout
+import urllib3
+from urllib3.exceptions import HTTPError, NewConnectionError
+from urllib3.exceptions import TimeoutError as HttpTimeout
 
 from followup.config import Settings
 from followup.errors import DispatchError
+from followup.http_client import HttpClient
 from followup.jobs import Job, now_ms
 from followup.mapping import Rule
 from followup.metrics import WorkerMetrics, outcome_of
@@ -27,7 +28,6 @@ log = logging.getLogger("followup.dispatch")
 
 # What is read of a webhook's answer: only its status matters, the rest is for the log line.
 MAX_RESPONSE_BYTES = 64 * 1024
-USER_AGENT = "followup"
 _ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")]+")
 
 
@@ -50,23 +50,11 @@ def followup_message(job: Job, attempt: int, settings: Settings) -> dict[str, An
     return message
 
 
-def http_session(pool_size: int) -> requests.Session:
-    """One session per worker process: keep-alive connections shared by all its jobs."""
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers["User-Agent"] = USER_AGENT
-    return session
-
-
 class Dispatcher:
-    def __init__(
-        self, settings: Settings, client: redis.Redis, session: requests.Session, metrics: WorkerMetrics
-    ) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis, http: HttpClient, metrics: WorkerMetrics) -> None:
         self._settings = settings
         self._redis = client
-        self._session = session
+        self._http = http
         self._metrics = metrics
 
     def send(self, job: Job, rule: Rule, attempt: int) -> None:
@@ -94,27 +82,19 @@ class Dispatcher:
         try:
             # A total budget, not only a per-read one: a receiver that drips its answer a byte
             # at a time must not hold an attempt past WEBHOOK_TIMEOUT. Redirects are not followed.
-            with (
-                _deadline(timeout),
-                self._session.post(
-                    url,
-                    data=body,
-                    headers=headers,
-                    timeout=Timeout(total=timeout),
-                    allow_redirects=False,
-                    stream=True,
-                ) as response,
-            ):
-                status = response.status_code
+            with _deadline(timeout):
+                response = self._http.post(url, body, headers, timeout)
+                status = response.status
                 retry_after = response.headers.get("Retry-After")
                 _drain(response, deadline=started + timeout)
-        except (requests.Timeout, WebhookDeadline):
+        except NewConnectionError as exc:
+            # Before the timeouts: urllib3 2 makes a refused connection a ConnectTimeoutError too.
+            raise self._failed(job, started, exc) from None
+        except (HttpTimeout, WebhookDeadline):
             self._metrics.webhook_duration.labels("timeout").observe(time.monotonic() - started)
             raise DispatchError(f"webhook timed out after {timeout:g}s") from None
-        except requests.RequestException as exc:
-            self._metrics.webhook_duration.labels("error").observe(time.monotonic() - started)
-            log.debug("webhook for job %s failed", job.id, exc_info=True)
-            raise DispatchError(f"webhook failed: {type(exc).__name__}: {_reason(exc)}") from None
+        except (HTTPError, OSError) as exc:
+            raise self._failed(job, started, exc) from None
         elapsed = time.monotonic() - started
         self._metrics.webhook_duration.labels(outcome_of(status)).observe(elapsed)
         log.debug("webhook for job %s answered %s in %.0f ms", job.id, status, elapsed * 1000)
@@ -126,6 +106,11 @@ class Dispatcher:
             raise DispatchError(f"webhook answered HTTP {status}{asked}", retry_after=pause)
         if not 200 <= status < 300:
             raise DispatchError(f"webhook answered HTTP {status}")
+
+    def _failed(self, job: Job, started: float, exc: Exception) -> DispatchError:
+        self._metrics.webhook_duration.labels("error").observe(time.monotonic() - started)
+        log.debug("webhook for job %s failed", job.id, exc_info=True)
+        return DispatchError(f"webhook failed: {type(exc).__name__}: {_reason(exc)}")
 
     def _publish(self, channel: str, body: bytes) -> None:
         try:
@@ -156,19 +141,26 @@ def _deadline(seconds: float) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _drain(response: requests.Response, deadline: float) -> None:
+def _drain(response: urllib3.BaseHTTPResponse, deadline: float) -> None:
     """Read at most MAX_RESPONSE_BYTES before `deadline`: a huge or endless answer costs no more.
 
-    Only the status matters; the body is read so that the connection can be reused.
+    Only the status matters; the body is read so that the connection can be reused, and a
+    connection whose answer was not read to its end is closed rather than reused.
     """
-    read = 0
+    read, complete = 0, False
     try:
-        for chunk in response.iter_content(chunk_size=16 * 1024):
+        for chunk in response.stream(16 * 1024):
             read += len(chunk)
             if read >= MAX_RESPONSE_BYTES or time.monotonic() >= deadline:
                 break
-    except requests.RequestException:
+        else:
+            complete = True
+    except (HTTPError, OSError):
         pass  # the status has arrived; a body cut short does not change it
+    finally:
+        if not complete:
+            response.close()
+        response.release_conn()
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -187,7 +179,7 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _reason(exc: requests.RequestException) -> str:
+def _reason(exc: Exception) -> str:
     """Why a request failed, without its URL (a webhook's path may be its only secret)."""
     found = _ERRNO.search(str(exc))
     return found.group(0).strip() if found else "see DEBUG log"

@@ -17,9 +17,10 @@ import redis
 from followup.callbacks import CallbackHub
 from followup.config import Settings, settings
 from followup.connections import redis_client, subscriber_client
-from followup.dispatch import Dispatcher, http_session
+from followup.dispatch import Dispatcher
 from followup.durations import format_duration
 from followup.errors import DispatchError
+from followup.http_client import HttpClient
 from followup.jobs import Job, JobStore
 from followup.metrics import WorkerMetrics
 from followup.ready import WAKE_CHANNEL
@@ -71,7 +72,7 @@ class WorkerRuntime:
         metrics.waiting.set_function(lambda: hub.waiting)
         # One keep-alive connection per slot that may be posting at the same moment.
         pool = settings.worker_concurrency or DEFAULT_CONCURRENCY
-        dispatcher = Dispatcher(settings, client, http_session(pool), metrics)
+        dispatcher = Dispatcher(settings, client, HttpClient(pool), metrics)
         rules = live_rules(settings).start()
         return cls(settings, client, store, hub, dispatcher, metrics, ready_signal, rules)
 
