@@ -49,6 +49,8 @@ OUTBOX_ABANDONED_MS = 10_000
 PRUNE_MARGIN_MS = 1000
 # The longest the loop sleeps without a deadline: how soon it notices a hint from the scan.
 MAX_SLEEP = 1.0
+# Expired events the listener remembers it need not claim (see Listener._claimed_by_timer).
+CLAIMED_BY_TIMER_MAX = 100_000
 SCAN_COUNT = 1000
 # Keys indexed per script call by the scan: short calls, so other clients of Redis are not held up.
 SCAN_INDEX_BATCH = 200
@@ -86,6 +88,10 @@ class Listener:
         self._pattern = f"__keyevent@{settings.redis_db}__:*"
         # Entries in limbo this listener waits to see decided: key -> (since, "gone" | "moved").
         self._awaiting: dict[str, tuple[float, str]] = {}
+        # Keys whose expiration this listener's timer claimed and whose expired event (which the
+        # touch itself caused) has not come yet: that event is known to claim nothing, so it
+        # costs no round trip. Insertion-ordered, so the oldest go first when it is full.
+        self._claimed_by_timer: dict[str, None] = {}
         # Deadlines are Redis time; the loop sleeps on its own clock, corrected by the skew.
         self._skew_ms = 0
         self._next_wake: float | None = None  # Redis ms
@@ -140,6 +146,7 @@ class Listener:
         self._index.reset_connection_facts()
         self._index.load_scripts()
         self._awaiting.clear()
+        self._claimed_by_timer.clear()
         report = ensure_flags(self._redis, self._settings.redis_db, NOTIFY_FLAGS)
         pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
         scan_stop = threading.Event()
@@ -197,6 +204,9 @@ class Listener:
         if not ops:
             return
         self.metrics.matched.inc(len(ops))
+        ops = self._without_own_expirations(ops)
+        if not ops:
+            return
         pipe = self._redis.pipeline(transaction=False)
         runs = [(op, [key for _, key in group]) for op, group in groupby(ops, key=lambda pair: pair[0])]
         for op, keys in runs:
@@ -218,6 +228,22 @@ class Listener:
                 self.metrics.duplicates.inc(len(keys) - len(claimed))
                 claims += claimed
         self._fire(claims, "event")
+
+    def _without_own_expirations(self, ops: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Drop the expired events of keys the timer claimed (a write in between starts a new
+        life of the key, whose expiration must be claimed again)."""
+        if not self._claimed_by_timer:
+            return ops
+        kept = []
+        for op, key in ops:
+            if op == "claim" and key in self._claimed_by_timer:
+                del self._claimed_by_timer[key]
+                self.metrics.duplicates.inc()
+                continue
+            if op == "index":
+                self._claimed_by_timer.pop(key, None)
+            kept.append((op, key))
+        return kept
 
     def _operations(self, messages: list[dict]) -> list[tuple[str, str]]:
         """(index | forget | claim, key) for each event of a mapped key, in order."""
@@ -259,6 +285,10 @@ class Listener:
             self._next_wake = None
         result = self._fire_due()
         self._fire(result.claimed, "timer")
+        for claim in result.claimed:
+            self._claimed_by_timer[claim.key] = None
+        while len(self._claimed_by_timer) > CLAIMED_BY_TIMER_MAX:
+            del self._claimed_by_timer[next(iter(self._claimed_by_timer))]
         since = time.monotonic()
         for keys, kind in ((result.gone, "gone"), (result.moved, "moved")):
             for key in keys:
