@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 from celery import Celery
@@ -58,6 +59,9 @@ def _start_worker_services(sender: object = None, **_: object) -> None:
         events.start()
     _feeder = Feeder(worker_runtime, queues or [worker_runtime.settings.queue_name], slots, events)
     _feeder.start()
+    # Everything made so far (Celery, kombu, the runtime) lives as long as the process: out of
+    # the collector's way, a full collection no longer walks it and stalls every waiting job.
+    gc.freeze()
 
 
 @worker_shutting_down.connect

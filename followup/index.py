@@ -74,6 +74,7 @@ class FireResult:
     next_deadline: int | None  # the deadline to wake for next (Redis time)
     looked_at: int
     redis_now: int  # Redis's clock when it ran, in ms
+    micros: int  # and the microseconds past that millisecond
 
 
 class ScheduleIndex:
@@ -128,8 +129,10 @@ class ScheduleIndex:
         claimed = [Claimed(_key(next(raw)), int(next(raw)), next(raw)) for _ in range(int(next(raw)))]
         gone = [_key(next(raw)) for _ in range(int(next(raw)))]
         moved = [_key(next(raw)) for _ in range(int(next(raw)))]
-        next_deadline, looked_at, redis_now = (int(next(raw)) for _ in range(3))
-        return FireResult(claimed, gone, moved, next_deadline if next_deadline >= 0 else None, looked_at, redis_now)
+        next_deadline, looked_at, redis_now, micros = (int(next(raw)) for _ in range(4))
+        return FireResult(
+            claimed, gone, moved, next_deadline if next_deadline >= 0 else None, looked_at, redis_now, micros
+        )
 
     def enqueued(self, claims: Iterable[Claimed], pipe: redis.client.Pipeline) -> None:
         """The jobs of these claims are on their ready lists (in the same transaction): drop them

@@ -23,7 +23,7 @@ import redis
 from followup.config import Settings
 from followup.connections import redis_client, subscriber_client
 from followup.index import Claimed, FireResult, ScheduleIndex, parse_claims
-from followup.jobs import PREFIX, Job, now_ms
+from followup.jobs import PREFIX, Job
 from followup.mapping import Mapping
 from followup.metrics import ListenerMetrics
 from followup.notifications import ensure_flags
@@ -93,7 +93,7 @@ class Listener:
         # costs no round trip. Insertion-ordered, so the oldest go first when it is full.
         self._claimed_by_timer: dict[str, None] = {}
         # Deadlines are Redis time; the loop sleeps on its own clock, corrected by the skew.
-        self._skew_ms = 0
+        self._skew_ms = 0.0
         self._next_wake: float | None = None  # Redis ms
         self._outbox_check_at: int | None = None  # Redis ms
         self._wake_lock = threading.Lock()
@@ -177,8 +177,10 @@ class Listener:
             scan_stop.set()
             pubsub.close()
 
-    def _redis_now(self) -> int:
-        return now_ms() + self._skew_ms
+    def _redis_now(self) -> float:
+        """Redis's clock, in ms, to the fraction: the timer wakes for a deadline to the
+        millisecond, and a clock read in whole ms would wake it up to 1 ms late."""
+        return time.time() * 1000 + self._skew_ms
 
     def _sleep_seconds(self) -> float:
         with self._wake_lock:
@@ -302,8 +304,11 @@ class Listener:
             self._reclaim_outbox()
 
     def _fire_due(self) -> FireResult:
+        before = time.time() * 1000
         result = self._index.fire_due(TOUCH_LIMIT)
-        self._skew_ms = result.redis_now - now_ms()
+        after = time.time() * 1000
+        # Redis read its clock about halfway through the round trip.
+        self._skew_ms = result.redis_now + result.micros / 1000 - (before + after) / 2
         return result
 
     def _settle_limbo(self, backlog_drained: bool) -> None:

@@ -40,11 +40,13 @@ class BufferWatch(threading.Thread):
     (a reconnect shows as a new id) and the peak of its output buffer (omem).
 
     The subscription is told by its client port: the one of `pid`'s TCP connections (psutil) whose
-    CLIENT LIST entry has a (p)subscription.
+    CLIENT LIST entry has a subscription of `kind`: psub for the listener's key events (its other
+    subscription, to the rules' change channel, is a plain one and carries next to nothing).
     """
 
-    def __init__(self, client: redis.Redis, pid: int) -> None:
+    def __init__(self, client: redis.Redis, pid: int, kind: str = "psub") -> None:
         super().__init__(daemon=True)
+        self.kind = kind
         self.client = client
         self.process = psutil.Process(pid)
         self.peak_omem = 0
@@ -60,7 +62,7 @@ class BufferWatch(threading.Thread):
             return
         self.samples += 1
         for c in clients:
-            if int(str(c.get("addr", ":0")).rpartition(":")[2]) in ports:
+            if int(c.get(self.kind, 0)) and int(str(c.get("addr", ":0")).rpartition(":")[2]) in ports:
                 self.ids.add(str(c["id"]))
                 self.peak_omem = max(self.peak_omem, int(c.get("omem", 0)))
 
@@ -128,7 +130,7 @@ def run_raw(count: int, bound_s: float) -> dict[str, Any]:
     try:
         client.config_set("notify-keyspace-events", "Ex")
         events = Collector(server.url(), channels=("__keyevent@0__:expired",))
-        watch = BufferWatch(client, os.getpid())
+        watch = BufferWatch(client, os.getpid(), kind="sub")
         watch.start()
         start = int(now_ms()) + 3000
         write_deadlines(client, due_second(count, start), batch=10_000)

@@ -10,7 +10,7 @@
 -- KEYS[1] due zset, KEYS[2] values hash, KEYS[3] firing hash, KEYS[4] fired zset, KEYS[5] limbo zset.
 -- ARGV[1] how many entries at most, ARGV[2] '1' if PEXPIRETIME exists.
 -- Returns {n, key, deadline, tagged (claimed) x n, m, gone keys x m, k, moved keys x k,
--- next deadline to wake for or -1, entries looked at, Redis's now in ms}.
+-- next deadline to wake for or -1, entries looked at, Redis's now in ms, and its microseconds}.
 local due, values, firing, fired, limbo = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local exact = ARGV[2] == '1'
 local t = redis.call('TIME')
@@ -65,4 +65,5 @@ if soonest and (next_deadline < 0 or soonest < next_deadline) then next_deadline
 out[#out + 1] = string.format('%.0f', next_deadline)
 out[#out + 1] = math.floor(#entries / 2)
 out[#out + 1] = stamp
+out[#out + 1] = tonumber(t[2]) % 1000
 return out
