@@ -29,9 +29,13 @@ def decode_payload(tagged: bytes, limit: int) -> tuple[Any, str | None]:
         except UnicodeDecodeError:
             return None, f"the value is not UTF-8 text ({len(body)} bytes)"
         try:
-            return json.loads(text), None
+            decoded = json.loads(text)
+            # JSON may escape half of a surrogate pair (JavaScript cuts strings in the middle of
+            # an emoji): valid JSON, but no UTF-8 can carry it on. Such a value goes as written.
+            json.dumps(decoded, ensure_ascii=False).encode("utf-8")
         except (ValueError, RecursionError):
             return text, None
+        return decoded, None
     if tag == b"o":
         return None, f"the value has {int(body)} bytes, over PAYLOAD_MAX_BYTES ({limit})"
     if tag == b"t":

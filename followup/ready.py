@@ -8,7 +8,7 @@ free slots, each under a lease, in one script. Retries, with their backoff, are 
 (tasks.py), and so is everything Flower shows of a job after its first attempt.
 
 Layout (in the watched database, beside the schedule index):
-  _followup:ready:<queue>  LIST  job messages (JSON), oldest at the right
+  _followup:ready:<queue>  LIST  job messages (`<jobId>\n<queue>\n<JSON>`), oldest at the right
   _followup:leases         ZSET  jobId -> when its lease ends (ms); renewed while its worker lives
   _followup:leased         HASH  jobId -> the message, to put back if the lease runs out
 """
@@ -58,27 +58,30 @@ class ReadyJob:
     attempt: int
     queue: str
 
-    def to_json(self) -> str:
+    def to_message(self) -> str:
+        """`<jobId>\n<queue>\n<JSON>`: the scripts read the id and queue without decoding JSON
+        (a job's payload may be large, and no Lua JSON decoder takes every string Python's does)."""
         job = self.job
-        return json.dumps(
+        body = json.dumps(
             {
-                "id": job.id,
                 "key": job.key,
                 "expired_at": job.expired_at,
                 "payload": job.payload,
                 "payload_error": job.payload_error,
                 "attempt": self.attempt,
-                "queue": self.queue,
             },
             separators=(",", ":"),
             ensure_ascii=False,
         )
+        return f"{job.id}\n{self.queue}\n{body}"
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> ReadyJob:
-        data: dict[str, Any] = json.loads(raw)
-        job = Job(data["id"], data["key"], int(data["expired_at"]), data.get("payload"), data.get("payload_error"))
-        return cls(job, int(data.get("attempt", 1)), data["queue"])
+    def from_message(cls, raw: bytes | str) -> ReadyJob:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        job_id, queue, body = text.split("\n", 2)
+        data: dict[str, Any] = json.loads(body)
+        job = Job(job_id, data["key"], int(data["expired_at"]), data.get("payload"), data.get("payload_error"))
+        return cls(job, int(data.get("attempt", 1)), queue)
 
 
 class ReadyQueue:
@@ -92,7 +95,7 @@ class ReadyQueue:
         """Put jobs on their queues' lists and wake the workers, in the caller's transaction."""
         by_queue: dict[str, list[str]] = {}
         for ready in jobs:
-            by_queue.setdefault(ready.queue, []).append(ready.to_json())
+            by_queue.setdefault(ready.queue, []).append(ready.to_message())
         for queue, messages in by_queue.items():
             pipe.lpush(ready_list(queue), *messages)
         for queue in by_queue:
@@ -103,7 +106,7 @@ class ReadyQueue:
         if limit <= 0:
             return []
         raw = self._take(keys=[LEASES, LEASED, *map(ready_list, queues)], args=[limit, lease_ms])
-        return [ReadyJob.from_json(message) for message in raw]
+        return [ReadyJob.from_message(message) for message in raw]
 
     def renew(self, job_ids: Iterable[str], lease_ms: int = LEASE_MS) -> None:
         """Extend the leases of jobs this worker still runs (only those still leased)."""

@@ -95,6 +95,17 @@ def test_a_success_published_before_a_webhook_answer_that_times_out_still_comple
     assert len(system.receiver.calls(key)) == 1
 
 
+def test_a_json_value_with_half_a_surrogate_pair_goes_as_written(system: System) -> None:
+    # JavaScript cuts strings in the middle of an emoji: valid JSON that no UTF-8 can carry on.
+    key = unique("t:surrogate-")
+    value = '{"name":"Ana \\ud83d"}'
+    system.receiver.plan(key, Reply(callback="success"))
+    system.redis.set(key, value, px=50)
+    [call] = system.receiver.wait_calls(key, 1)
+    assert call.body["payload"] == value
+    system.events.wait(SUCCESS_CHANNEL, jobId=call.body["jobId"])
+
+
 def test_channel_only_rule_publishes_the_same_body(system: System) -> None:
     key = unique("ch:")
     system.expire(key)

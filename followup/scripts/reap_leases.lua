@@ -9,7 +9,8 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, to
 for _, id in ipairs(expired) do
   local message = redis.call('HGET', KEYS[2], id)
   if message then
-    redis.call('RPUSH', ARGV[1] .. cjson.decode(message)['queue'], message)
+    local queue = string.match(message, '^[^\n]*\n([^\n]*)\n')
+    redis.call('RPUSH', ARGV[1] .. queue, message)
   end
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)

@@ -14,10 +14,12 @@ for i = 3, #KEYS do
   while #out < want do
     local message = redis.call('RPOP', KEYS[i])
     if not message then break end
-    local id = cjson.decode(message)['id']
-    redis.call('ZADD', KEYS[1], until_ms, id)
-    redis.call('HSET', KEYS[2], id, message)
-    out[#out + 1] = message
+    local id = string.match(message, '^([^\n]+)\n')
+    if id then  -- anything else on the list was not put there by followup: dropped
+      redis.call('ZADD', KEYS[1], until_ms, id)
+      redis.call('HSET', KEYS[2], id, message)
+      out[#out + 1] = message
+    end
   end
 end
 return out
