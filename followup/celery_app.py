@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
+import time
 
 from celery import Celery
 from celery.signals import (
@@ -16,6 +18,7 @@ from celery.signals import (
 
 from followup.feeder import Feeder
 from followup.job_events import JobEvents
+from followup.redaction import redact_userinfo
 from followup.redelivery import UnackedSweeper
 
 app = Celery("followup")
@@ -35,10 +38,31 @@ def _prepare_handlers(logger: logging.Logger, **_: object) -> None:
 
 _sweeper: UnackedSweeper | None = None
 _feeder: Feeder | None = None
+_stopping = False
 
 
 @worker_ready.connect
 def _start_worker_services(sender: object = None, **_: object) -> None:
+    # Celery sends worker_ready once and swallows what its receivers raise: Redis being away
+    # at that moment must not leave a worker that runs retries but never takes a first attempt.
+    threading.Thread(target=_start_until_it_works, args=(sender,), name="followup-start", daemon=True).start()
+
+
+def _start_until_it_works(sender: object) -> None:
+    delay = 0.5
+    while not _stopping:
+        try:
+            _start(sender)
+            return
+        except Exception as exc:  # noqa: BLE001 - Redis away, or slow to load: try again
+            logging.getLogger("followup.worker").warning(
+                "could not start taking jobs (%s); trying again in %.0fs", redact_userinfo(str(exc)), delay
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _start(sender: object) -> None:
     global _sweeper, _feeder
     from followup.worker import DEFAULT_CONCURRENCY, runtime
 
@@ -66,6 +90,8 @@ def _start_worker_services(sender: object = None, **_: object) -> None:
 
 @worker_shutting_down.connect
 def _stop_taking(**_: object) -> None:
+    global _stopping
+    _stopping = True
     if _feeder is not None:
         _feeder.stop_taking()
 

@@ -16,7 +16,6 @@ import time
 from collections.abc import Sequence
 
 from followup.job_events import JobEvents
-from followup.jobs import Job
 from followup.ready import LEASE_MS, ReadyJob, ReadyQueue
 from followup.worker import WorkerRuntime
 
@@ -28,7 +27,6 @@ TAKE_BATCH = 200
 IDLE_POLL = 1.0
 # Leases are renewed, and run-out ones reaped, this often: a few times per lease.
 LEASE_CARE_EVERY = LEASE_MS / 1000 / 3
-RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
 
 
 class Feeder:
@@ -41,6 +39,7 @@ class Feeder:
         self._running: dict[str, ReadyJob] = {}
         self._settled: list[str] = []
         self._lock = threading.Lock()
+        self._take_lock = threading.Lock()  # held while a take is in flight (see drain)
         self._taking = True
         self._stopped = threading.Event()
         self._idle = threading.Condition(self._lock)
@@ -66,6 +65,8 @@ class Feeder:
         Those keep their leases: another worker takes them once the leases run out.
         """
         self.stop_taking()
+        with self._take_lock:
+            pass  # a take in flight has registered its jobs: they are counted below
         deadline = time.monotonic() + timeout
         with self._idle:
             while self._running and time.monotonic() < deadline:
@@ -87,7 +88,8 @@ class Feeder:
         while not self._stopped.is_set():
             try:
                 self._rt.ready_signal.clear()
-                taken = self._take() if self._taking else 0
+                with self._take_lock:
+                    taken = self._take() if self._taking else 0
                 self._flush_settled()
                 if time.monotonic() >= care_at:
                     self._care_for_leases()
@@ -156,18 +158,10 @@ class Feeder:
                 self._rt.ready_signal.set()  # a slot came free: take more, if more wait
 
     def _publish(self, ready: ReadyJob, attempt: int, countdown: float, why: str) -> None:
-        from followup.tasks import deliver, task_kwargs
+        from followup.tasks import publish_attempt
 
-        job: Job = ready.job
         if self._events:
             # This attempt's events reach Flower before those of its retry.
-            self._events.finished(job.id, "retrying", 0.0, why)
+            self._events.finished(ready.job.id, "retrying", 0.0, why)
             self._events.flush()
-        deliver.apply_async(
-            kwargs=task_kwargs(job, attempt),
-            task_id=job.id,
-            queue=ready.queue,
-            countdown=countdown,
-            retry=True,
-            retry_policy=RETRY_POLICY,
-        )
+        publish_attempt(ready.job, attempt, ready.queue, countdown)

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 
 from followup.backoff import retry_delay
 from followup.celery_app import app
@@ -30,7 +30,9 @@ TASK_NAME = "followup.deliver"
 BUSY_RECHECK = 30.0
 
 # Puts attempt `attempt` of the job on the broker to run in `countdown` seconds; `reason` says why.
+# Raises PublishFailed when the broker does not take it.
 Publish = Callable[[int, float, str], None]
+PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
 
 
 class AttemptFailed(Exception):
@@ -39,6 +41,28 @@ class AttemptFailed(Exception):
 
 class JobFailed(Exception):
     """The last attempt failed; the job is dead-lettered and the task ends in FAILURE."""
+
+
+class PublishFailed(Exception):
+    """The broker did not take the next attempt: this one must come back as it is (its message
+    is requeued, or its lease on the ready list runs out), nothing being concluded."""
+
+
+def publish_attempt(job: Job, attempt: int, queue: str, countdown: float) -> None:
+    """Put attempt `attempt` of `job` on `queue` as a Celery task, to run in `countdown` s."""
+    try:
+        deliver.apply_async(
+            kwargs=task_kwargs(job, attempt),
+            task_id=job.id,
+            queue=queue,
+            countdown=countdown,
+            retry=True,
+            retry_policy=PUBLISH_RETRY_POLICY,
+        )
+    except Exception as exc:  # noqa: BLE001 - whatever the broker raised, the attempt comes back
+        # Not a RedisError to follow_up even when kombu lets redis-py's through: that would
+        # "interrupt" an attempt that has in fact concluded.
+        raise PublishFailed(f"{type(exc).__name__}: {exc}") from None
 
 
 @app.task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, max_retries=None)
@@ -57,11 +81,14 @@ def deliver(
     attempt cut short by Redis going away runs again as the same attempt instead of using one up.
     """
     job = Job(self.request.id, key, expired_at, payload, payload_error)
+    queue = (self.request.delivery_info or {}).get("routing_key") or settings().queue_name
     retries: list[Retry] = []
 
     def publish(next_attempt: int, countdown: float, reason: str) -> None:
-        kwargs = task_kwargs(job, next_attempt)
-        retries.append(self.retry(countdown=countdown, exc=AttemptFailed(reason), kwargs=kwargs, throw=False))
+        # Published here rather than by Task.retry, which turns a failed publish into a Reject
+        # without requeue: the message would be acked and the job lost.
+        publish_attempt(job, next_attempt, queue, countdown)
+        retries.append(Retry(reason, AttemptFailed(reason), when=countdown))
 
     try:
         rt = runtime()
@@ -69,7 +96,11 @@ def deliver(
         delay = retry_delay(settings(), attempt)
         log.warning("job %s attempt %d could not start (%s); runs again in %.1fs", job.id, attempt, exc, delay)
         raise self.retry(countdown=delay, exc=exc, kwargs=task_kwargs(job, attempt)) from None
-    kind, _ = follow_up(rt, job, attempt, publish)
+    try:
+        kind, _ = follow_up(rt, job, attempt, publish)
+    except PublishFailed as exc:
+        log.error("job %s attempt %d: could not publish its next step (%s); it comes back", job.id, attempt, exc)
+        raise Reject(str(exc), requeue=True) from None
     if retries:
         raise retries[-1]  # Celery shows the task as retrying; the next attempt is already published
     if kind == "failed":
