@@ -16,11 +16,11 @@ import time
 
 from celery import Celery
 
+from followup.jobs import TASK_NAME
 from followup.ready import ReadyJob
 
 log = logging.getLogger("followup.job_events")
 
-TASK_NAME = "followup.deliver"
 # Events are published at least this often, and at once when this many are waiting.
 FLUSH_EVERY = 0.25
 BUFFER_LIMIT = 500

@@ -19,6 +19,8 @@ from followup import scripts
 from followup.config import Settings
 
 PREFIX = "_followup:"
+# The Celery task of a job: its retries run as it, and Flower lists first attempts under it too.
+TASK_NAME = "followup.deliver"
 DEAD_LETTERS = f"{PREFIX}dead"
 FINISHED_RETENTION_MIN = 600.0
 

@@ -15,7 +15,6 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
 from itertools import groupby
 
 import redis
@@ -23,7 +22,7 @@ import redis
 from followup.config import Settings
 from followup.connections import redis_client, subscriber_client
 from followup.index import Claimed, FireResult, ScheduleIndex, parse_claims
-from followup.jobs import PREFIX, Job
+from followup.jobs import PREFIX
 from followup.mapping import Mapping
 from followup.metrics import ListenerMetrics
 from followup.notifications import ensure_flags
@@ -459,18 +458,3 @@ def _read_batch(pubsub: redis.client.PubSub, timeout: float) -> list[dict]:
             break
         messages.append(message)
     return [m for m in messages if m["type"] == "pmessage"]
-
-
-def ready_enqueue(settings: Settings) -> Callable[[Sequence[Job]], None]:
-    """Put jobs on the ready lists of their rules' queues for their first attempt (a replay)."""
-    from followup.operations import current_mapping
-
-    client = redis_client(settings.redis_url, pool_size=2)
-    ready = ReadyQueue(client)
-
-    def enqueue(jobs: Sequence[Job]) -> None:
-        pipe = client.pipeline(transaction=True)
-        ready.push(ready_jobs(jobs, current_mapping(client, settings), settings.queue_name), pipe)
-        pipe.execute()
-
-    return enqueue

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import redis
 
 from followup.config import Settings
+from followup.connections import redis_client
 from followup.index import ScheduleIndex
 from followup.jobs import PREFIX, Job, JobStore, job_key
 from followup.mapping import Mapping, Rule
+from followup.ready import ReadyQueue, ready_jobs
 from followup.rules import RuleStore
 
 Enqueue = Callable[[Sequence[Job]], None]
@@ -30,10 +32,17 @@ class UnknownJob(LookupError):
 
 
 def enqueuer(settings: Settings) -> Enqueue:
-    """How replays are put back on the broker: the listener's enqueue path, in this one place."""
-    from followup.listener import ready_enqueue
+    """How replays go back: as first attempts, on the ready list of their rule's queue (the
+    listener's path, ready.py), in this one place."""
+    client = redis_client(settings.redis_url, pool_size=2)
+    ready = ReadyQueue(client)
 
-    return ready_enqueue(settings)
+    def enqueue(jobs: Sequence[Job]) -> None:
+        pipe = client.pipeline(transaction=True)
+        ready.push(ready_jobs(jobs, current_mapping(client, settings), settings.queue_name), pipe)
+        pipe.execute()
+
+    return enqueue
 
 
 def current_mapping(client: redis.Redis, settings: Settings) -> Mapping:

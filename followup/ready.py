@@ -125,6 +125,3 @@ class ReadyQueue:
     def reap(self, limit: int = 1000) -> int:
         """Put jobs whose lease ran out back on their lists; returns how many."""
         return int(self._reap(keys=[LEASES, LEASED], args=[READY_PREFIX, limit]))
-
-    def depth(self, queue: str) -> int:
-        return int(self._redis.llen(ready_list(queue)))

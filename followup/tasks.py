@@ -19,12 +19,11 @@ from celery.exceptions import Reject, Retry
 from followup.backoff import retry_delay
 from followup.celery_app import app
 from followup.config import settings
-from followup.jobs import Job
+from followup.jobs import TASK_NAME, Job
 from followup.worker import Outcome, WorkerRuntime, run_attempt, runtime
 
 log = logging.getLogger("followup.tasks")
 
-TASK_NAME = "followup.deliver"
 # A copy of an attempt that a live worker runs looks again after at most this long: short enough
 # that the copy is never held past the broker's visibility timeout.
 BUSY_RECHECK = 30.0
