@@ -39,6 +39,9 @@ def _prepare_handlers(logger: logging.Logger, **_: object) -> None:
 _sweeper: UnackedSweeper | None = None
 _feeder: Feeder | None = None
 _stopping = False
+# A stop signal may come while the services are still starting: the feeder must then not start
+# taking jobs behind the shutdown's back (they would wait for their leases to run out).
+_lifecycle = threading.Lock()
 
 
 @worker_ready.connect
@@ -81,8 +84,11 @@ def _start(sender: object) -> None:
     if app.conf.worker_send_task_events:
         events = JobEvents(app, getattr(sender, "hostname", None) or "followup")
         events.start()
-    _feeder = Feeder(worker_runtime, queues or [worker_runtime.settings.queue_name], slots, events)
-    _feeder.start()
+    with _lifecycle:
+        if _stopping:
+            return
+        _feeder = Feeder(worker_runtime, queues or [worker_runtime.settings.queue_name], slots, events)
+        _feeder.start()
     # Everything made so far (Celery, kombu, the runtime) lives as long as the process: out of
     # the collector's way, a full collection no longer walks it and stalls every waiting job.
     gc.freeze()
@@ -91,9 +97,10 @@ def _start(sender: object) -> None:
 @worker_shutting_down.connect
 def _stop_taking(**_: object) -> None:
     global _stopping
-    _stopping = True
-    if _feeder is not None:
-        _feeder.stop_taking()
+    with _lifecycle:
+        _stopping = True
+        if _feeder is not None:
+            _feeder.stop_taking()
 
 
 @worker_shutdown.connect
