@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
+import socket
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import redis
 
-from followup.embedded import RedisServer
+from followup.embedded import RedisServer, free_port
 from tests.conftest import CALLBACK_CHANNEL, SUCCESS_CHANNEL, base_env
-from tests.harness import FOLLOWUP, ROOT, Events, Receiver, Reply, start_listener, start_worker
+from tests.harness import (
+    FOLLOWUP,
+    ROOT,
+    Events,
+    FollowupProcess,
+    Receiver,
+    Reply,
+    start_listener,
+    start_worker,
+    wait_until,
+)
 
 PASSWORD = "Zq8-pw-never-shown"
 
@@ -175,3 +189,33 @@ def test_flower_refuses_to_start_without_auth() -> None:
     )
     assert result.returncode == 2
     assert "FLOWER_BASIC_AUTH is not set" in result.stderr and "FLOWER_UNAUTHENTICATED=true" in result.stderr
+
+
+def test_flower_with_basic_auth_asks_for_it_and_never_prints_it(redis_server: RedisServer, log_dir: Path) -> None:
+    port = free_port()
+    secret = "flower-Pw-7x"
+    env = base_env(redis_server.url(), "k=|c", FLOWER_BASIC_AUTH=f"ops:{secret}")
+    args = ["flower", f"--port={port}", "--address=127.0.0.1"]
+    flower = FollowupProcess("flower-auth", args, env, log_dir, ready="Visit me").start()
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        # Flower prints its banner a moment before it listens.
+        wait_until(lambda: _accepts(port), 15, f"Flower to listen on port {port}")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=5)
+        assert refused.value.code == 401
+        login = base64.b64encode(f"ops:{secret}".encode()).decode()
+        request = urllib.request.Request(url, headers={"Authorization": f"Basic {login}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+    finally:
+        flower.stop()
+    assert secret not in flower.output(), "Flower's output shows its password"
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
