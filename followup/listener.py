@@ -63,6 +63,7 @@ _OPS = {
     ),
     **dict.fromkeys(b"del rename_from move_from".split(), "forget"),
     b"expired": "claim",
+    b"evicted": "evicted",
 }
 
 # Keys that Celery and kombu keep in the same Redis by default; never followed up, whatever the
@@ -91,10 +92,13 @@ class Listener:
         # touch itself caused) has not come yet: that event is known to claim nothing, so it
         # costs no round trip. Insertion-ordered, so the oldest go first when it is full.
         self._claimed_by_timer: dict[str, None] = {}
+        # Keys Redis evicted (maxmemory) before their deadline: when the timer finds one gone at its
+        # deadline, no expired event is on its way, so it fires then instead of after the grace.
+        self._evicted: dict[str, None] = {}
         # Deadlines are Redis time; the loop sleeps on its own clock, corrected by the skew.
         self._skew_ms = 0.0
         self._next_wake: float | None = None  # Redis ms
-        self._outbox_check_at: int | None = None  # Redis ms
+        self._outbox_check_at: float | None = None  # Redis ms
         self._wake_lock = threading.Lock()
         self._connected = False
         self._heartbeat = time.monotonic()
@@ -205,7 +209,7 @@ class Listener:
         if not ops:
             return
         self.metrics.matched.inc(len(ops))
-        ops = self._without_own_expirations(ops)
+        ops = self._without_own_expirations(self._without_evictions(ops))
         if not ops:
             return
         pipe = self._redis.pipeline(transaction=False)
@@ -244,6 +248,20 @@ class Listener:
             if op == "index":
                 self._claimed_by_timer.pop(key, None)
             kept.append((op, key))
+        return kept
+
+    def _without_evictions(self, ops: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Note evicted keys (their entries stay: they fire at their deadlines); a write or a
+        delete after the eviction starts a new life of the key, which the note must not outlive."""
+        kept = []
+        for op, key in ops:
+            if op == "evicted":
+                self._evicted[key] = None
+                continue
+            self._evicted.pop(key, None)
+            kept.append((op, key))
+        while len(self._evicted) > CLAIMED_BY_TIMER_MAX:
+            del self._evicted[next(iter(self._evicted))]
         return kept
 
     def _operations(self, messages: list[dict]) -> list[tuple[str, str]]:
@@ -290,17 +308,24 @@ class Listener:
             self._claimed_by_timer[claim.key] = None
         while len(self._claimed_by_timer) > CLAIMED_BY_TIMER_MAX:
             del self._claimed_by_timer[next(iter(self._claimed_by_timer))]
+        evicted = [key for key in result.gone if self._evicted.pop(key, False) is None]
+        if evicted:
+            self._fire(parse_claims(self._index.claim(evicted, unknown_too=False)), "timer")
         since = time.monotonic()
         for keys, kind in ((result.gone, "gone"), (result.moved, "moved")):
             for key in keys:
-                self._awaiting.setdefault(key, (since, kind))
+                if key not in evicted:
+                    self._awaiting.setdefault(key, (since, kind))
         if result.looked_at >= TOUCH_LIMIT:
             self._wake_at(result.redis_now)  # more are due
         elif result.next_deadline is not None:
             self._wake_at(result.next_deadline + 1)  # Redis expires a key once its deadline has passed
         self._settle_limbo(backlog_drained)
-        if self._outbox_check_at is not None and result.redis_now >= self._outbox_check_at:
-            self._reclaim_outbox()
+        if self._outbox_check_at is not None:
+            if result.redis_now >= self._outbox_check_at:
+                self._reclaim_outbox()
+            else:
+                self._wake_at(self._outbox_check_at)  # this timer's start cleared the wake
 
     def _fire_due(self) -> FireResult:
         before = time.time() * 1000
@@ -333,9 +358,11 @@ class Listener:
         if claims:
             log.info("enqueueing %d claimed follow-up(s) that a listener left unfinished", len(claims))
             self._fire(claims, "outbox")
-        self._outbox_check_at = None if oldest_left is None else oldest_left + OUTBOX_ABANDONED_MS
-        if self._outbox_check_at is not None:
-            self._wake_at(self._outbox_check_at)
+        # Another listener may die between its claim and its enqueue at any time: look again once
+        # the oldest claim left would count as abandoned, or, with none left, after that long.
+        since = self._redis_now() if oldest_left is None else oldest_left
+        self._outbox_check_at = since + OUTBOX_ABANDONED_MS
+        self._wake_at(self._outbox_check_at)
 
     # Catching up --------------------------------------------------------------------------
 
@@ -371,9 +398,12 @@ class Listener:
             log.info("caught up: %d follow-up(s) came due while no listener ran", total)
 
     def _scan(self, stop: threading.Event) -> None:
-        """Index mapped keys that carry a TTL but have no entry yet (written while nobody listened),
-        then forget entries whose key was deleted while nobody listened."""
+        """Forget entries whose key was deleted while nobody listened, then index mapped keys that
+        carry a TTL but have no entry yet (written while nobody listened)."""
         try:
+            # Forget first: on a large keyspace the scan takes a while, and an entry whose key was
+            # deleted meanwhile must not come due (and fire) before it is forgotten.
+            pruned = self._prune(stop)
             scanned = indexed = 0
             batch: list[str] = []
             for raw in self._redis.scan_iter(count=SCAN_COUNT):
@@ -390,7 +420,6 @@ class Listener:
                     log.info("scan: %d keys looked at, %d mapped keys with a TTL indexed so far", scanned, indexed)
             if batch:
                 indexed += self._index_scanned(batch)
-            pruned = self._prune(stop)
             log.info(
                 "scan done: %d keys looked at, %d mapped keys with a TTL indexed, %d deleted ones forgotten",
                 scanned,
