@@ -41,6 +41,9 @@ class Feeder:
         self._lock = threading.Lock()
         self._take_lock = threading.Lock()  # held while a take is in flight (see drain)
         self._taking = True
+        # The last take filled every slot it asked for: more may wait, so a slot that comes free
+        # is worth a take at once rather than after the next word from the listener.
+        self._more_may_wait = True
         self._stopped = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
@@ -89,27 +92,31 @@ class Feeder:
             try:
                 self._rt.ready_signal.clear()
                 with self._take_lock:
-                    taken = self._take() if self._taking else 0
+                    if self._taking:
+                        self._take()
                 self._flush_settled()
                 if time.monotonic() >= care_at:
                     self._care_for_leases()
                     care_at = time.monotonic() + LEASE_CARE_EVERY
-                if taken < TAKE_BATCH or self.running >= self._slots:
+                if not (self._more_may_wait and self._taking) or self.running >= self._slots:
                     self._rt.ready_signal.wait(IDLE_POLL)
             except Exception as exc:  # noqa: BLE001 - Redis away or worse: the loop must go on
                 log.warning("could not take jobs (%s); trying again in %.0fs", exc, IDLE_POLL)
                 self._stopped.wait(IDLE_POLL)
 
-    def _take(self) -> int:
-        free = self._slots - self.running
-        taken = self._ready.take(self._queues, min(free, TAKE_BATCH))
+    def _take(self) -> None:
+        wanted = min(self._slots - self.running, TAKE_BATCH)
+        if wanted <= 0:
+            self._more_may_wait = True  # woken while full: what woke it waits for a free slot
+            return
+        taken = self._ready.take(self._queues, wanted)
+        self._more_may_wait = len(taken) == wanted
         for ready in taken:
             with self._lock:
                 self._running[ready.job.id] = ready
             if self._events:
                 self._events.received(ready)
             threading.Thread(target=self._follow_up, args=(ready,), name=f"job-{ready.job.id}", daemon=True).start()
-        return len(taken)
 
     def _care_for_leases(self) -> None:
         with self._lock:
@@ -154,8 +161,8 @@ class Feeder:
                 if settled:
                     self._settled.append(job.id)
                 self._idle.notify_all()
-            if self.running == self._slots - 1:
-                self._rt.ready_signal.set()  # a slot came free: take more, if more wait
+            if self._more_may_wait:
+                self._rt.ready_signal.set()  # a slot came free and more may wait: take them
 
     def _publish(self, ready: ReadyJob, attempt: int, countdown: float, why: str) -> None:
         from followup.tasks import publish_attempt
