@@ -14,7 +14,7 @@ import redis
 import followup
 from followup.embedded import RedisServer
 from followup.feeder import LEASE_CARE_EVERY
-from followup.index import DUE, job_id
+from followup.index import DUE, LIMBO, VALUES, job_id
 from followup.ready import LEASE_MS
 from tests.conftest import CALLBACK_CHANNEL, SUCCESS_CHANNEL, System, base_env
 from tests.harness import Events, Receiver, Reply, start_listener, start_worker, wait_until
@@ -94,16 +94,61 @@ def test_reset_with_a_longer_ttl_fires_once_at_the_new_deadline(system: System) 
     assert len(system.receiver.calls(key)) == 1
 
 
-def test_deleted_key_never_fires(system: System) -> None:
-    key = unique("t:deleted-")
-    system.redis.set(key, "1", px=500)
-    system.redis.delete(key)
-    marker = unique("t:after-delete-")
+REMOVALS = {
+    "del": lambda client, key: client.delete(key),
+    "unlink": lambda client, key: client.unlink(key),
+    "persist": lambda client, key: client.persist(key),
+    "getex persist": lambda client, key: client.getex(key, persist=True),
+    "followup.cancel": lambda client, key: followup.cancel(key, client=client),
+}
+
+
+def test_an_indexed_key_deleted_or_persisted_never_fires(system: System) -> None:
+    keys = {how: unique(f"t:{how.replace(' ', '-').replace('.', '-')}-") for how in REMOVALS}
+    for key in keys.values():
+        system.redis.set(key, "1", px=600)
+    for key in keys.values():  # each entry really exists before its key is removed
+        wait_until(lambda key=key: system.redis.zscore(DUE, key) is not None, 10, f"{key} to be indexed")
+    for how, key in keys.items():
+        REMOVALS[how](system.redis, key)
+    for key in keys.values():  # out of every part of the index: nothing is left that could fire it
+        wait_until(
+            lambda key=key: (
+                not any(
+                    (system.redis.zscore(DUE, key), system.redis.zscore(LIMBO, key), system.redis.hexists(VALUES, key))
+                )
+            ),
+            10,
+            f"{key} to leave the index",
+        )
+    marker = unique("t:after-removals-")
     system.receiver.plan(marker, Reply(callback="success"))
-    system.expire(marker, ttl_ms=800)  # due after the deleted key's old deadline
+    system.expire(marker, ttl_ms=900)  # due after the removed keys' old deadlines
     system.receiver.wait_calls(marker, 1)
-    assert system.receiver.calls(key) == []
-    assert system.redis.zscore(DUE, key) is None
+    assert {how: system.receiver.calls(key) for how, key in keys.items()} == {how: [] for how in keys}
+    system.redis.delete(*keys.values())  # the persisted ones
+
+
+@pytest.mark.parametrize("how", ["getex", "pexpire", "expire moves it later"])
+def test_a_ttl_set_by_other_commands_fires_once_not_before_its_deadline(system: System, how: str) -> None:
+    key = unique(f"t:{how.replace(' ', '-')}-")
+    system.receiver.plan(key, Reply(callback="success"))
+    if how == "getex":
+        system.redis.set(key, '{"v": 1}')
+        system.redis.getex(key, px=400)
+    elif how == "pexpire":
+        system.redis.set(key, '{"v": 1}')
+        system.redis.pexpire(key, 400)
+    else:  # the contact answered: the timer restarts by EXPIRE, not by SET
+        system.redis.set(key, '{"v": 1}', px=400)
+        wait_until(lambda: system.redis.zscore(DUE, key) is not None, 10, f"{key} to be indexed")
+        system.redis.pexpire(key, 1000)
+    deadline = time.time() + system.redis.pttl(key) / 1000
+    [call] = system.receiver.wait_calls(key, 1)
+    assert call.body["payload"] == {"v": 1}
+    assert call.at >= deadline - 0.01, f"fired {deadline - call.at:.3f}s before its deadline"
+    system.events.wait(SUCCESS_CHANNEL, jobId=call.body["jobId"])
+    assert len(system.receiver.calls(key)) == 1
 
 
 def test_cancel_and_pending_commands(system: System) -> None:
@@ -265,3 +310,41 @@ def test_worker_killed_while_50_jobs_wait_loses_none(private_redis: RedisServer,
             rescue.stop()
         events.close()
         receiver.stop()
+
+
+def test_keys_written_while_no_listener_ran_are_found_by_the_start_up_scan(
+    private_redis: RedisServer, log_dir: Path
+) -> None:
+    url = private_redis.url()
+    receiver = Receiver(url, CALLBACK_CHANNEL)
+    receiver.default_reply = Reply(callback="success")
+    env = base_env(url, f"scan:*={receiver.url('/scan')}")
+    client = redis.Redis.from_url(url)
+    keys = [f"scan:{n}" for n in range(100)]
+    pipe = client.pipeline()
+    for n, key in enumerate(keys):
+        pipe.set(key, f'{{"n": {n}}}', px=3000)  # by another tool, while no listener runs
+    pipe.execute()
+    worker = start_worker(env, log_dir, name="scan-worker")
+    listener = start_listener(env, log_dir, name="scan-listener")
+    try:
+        indexed(client, len(keys))
+        wait_until(lambda: len(receiver.requests) >= len(keys), 30, f"{len(keys)} webhooks")
+        calls = Counter(request.body["key"] for request in receiver.requests)
+        assert set(calls) == set(keys) and max(calls.values()) == 1
+        assert all(r.body["payload"] == {"n": int(r.body["key"].split(":")[1])} for r in receiver.requests)
+    finally:
+        listener.stop()
+        worker.stop()
+        receiver.stop()
+
+
+def test_the_listener_adds_its_notify_flags_to_those_already_set(log_dir: Path) -> None:
+    server = RedisServer(args=("--notify-keyspace-events", "Khl")).start()
+    try:
+        listener = start_listener(base_env(server.url(), "t:*=|c"), log_dir, name="flags-listener")
+        listener.stop()
+        flags = redis.Redis.from_url(server.url()).config_get("notify-keyspace-events")["notify-keyspace-events"]
+        assert set("Khl") | set("Eg$xe") <= set(flags), flags
+    finally:
+        server.stop()
