@@ -44,7 +44,8 @@ def render(headers: list[str], rows: list[list[str]], markdown: bool = False) ->
 def lateness_table(result: dict[str, Any]) -> tuple[str, list[str], list[list[str]], list[str]]:
     c = result["conditions"]
     title = (
-        f"Lateness — {c['keys']:,} keys due at {c['rate_per_s']}/s; deadline → webhook arrival at the receiver "
+        f"Lateness — {c['keys']:,} keys due at {c['rate_per_s']}/s; deadline → arrival (of the webhook at the "
+        "receiver; for raw Redis and the poller, of the event or the fire itself) "
         f"(followup ÷ this: followup's figure as a multiple of the baseline's; above 1× followup is later)"
     )
     headers = [
