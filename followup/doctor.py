@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -12,6 +12,7 @@ import redis
 from followup.config import Settings
 from followup.durations import format_duration
 from followup.listener import NOTIFY_FLAGS
+from followup.mapping import Rule
 from followup.notifications import SETTING, NotificationsOff, missing_flags, probe_events
 from followup.redaction import redact_userinfo
 
@@ -33,9 +34,10 @@ def run_checks(settings: Settings) -> Iterator[Check]:
     if watched is not None:
         yield _notify_flags(watched, settings.redis_db)
     yield Check("ok", "mapping", f"{len(settings.mapping.rules)} rule(s) parsed")
+    rules = settings.mapping.rules
     if watched is not None:
-        yield from rule_checks(watched, settings)
-    yield from _webhook_hosts(settings)
+        rules = yield from rule_checks(watched, settings)
+    yield from _webhook_hosts(rules)
     parts = [settings.longest_backoff, settings.webhook_timeout, settings.callback_timeout]
     backoff, webhook, callback = (format_duration(part) for part in parts)
     yield Check(
@@ -50,15 +52,16 @@ def run_checks(settings: Settings) -> Iterator[Check]:
         yield Check("warn", "flower", "FLOWER_BASIC_AUTH is not set: the dashboard would be open to anyone")
 
 
-def rule_checks(client: redis.Redis, settings: Settings) -> Iterator[Check]:
-    """Which rules are in force (Redis's, once seeded), and the queues they send jobs to."""
+def rule_checks(client: redis.Redis, settings: Settings) -> Generator[Check, None, Sequence[Rule]]:
+    """Which rules are in force (Redis's, once seeded), and the queues they send jobs to; returns
+    those rules."""
     from followup.rules import RuleStore
 
     try:
         rule_set = RuleStore(client).load()
     except redis.RedisError as exc:
         yield Check("warn", "rules", f"cannot read the rules in Redis: {redact_userinfo(str(exc))}")
-        return
+        return settings.mapping.rules
     if rule_set.version:
         rules = rule_set.rules
         detail = f"{len(rules)} in Redis (version {rule_set.version}), in force; KEY_WEBHOOK_MAPPING only seeds"
@@ -71,6 +74,7 @@ def rule_checks(client: redis.Redis, settings: Settings) -> Iterator[Check]:
     queues = sorted({rule.queue for rule in rules if rule.queue and rule.queue != settings.queue_name})
     if queues:
         yield Check("ok", "queues", f"rules also use {', '.join(queues)}: each needs `followup worker --queues NAME`")
+    return rules
 
 
 def _redis_checks(name: str, url: str) -> Iterator[Check]:
@@ -97,12 +101,22 @@ def _notify_flags(client: redis.Redis, db: int) -> Check:
         return Check("ok", SETTING, f"CONFIG is refused; probe keys show {NOTIFY_FLAGS!r} is in place")
     missing = missing_flags(current, NOTIFY_FLAGS)
     if missing:
-        return Check("ok", SETTING, f"{current!r} lacks {missing!r}; the listener adds it at start (CONFIG is allowed)")
+        try:
+            client.config_set(SETTING, current)  # the value it has: only asks whether the listener may set it
+        except redis.ResponseError as exc:
+            return Check(
+                "fail",
+                SETTING,
+                f"{current!r} lacks {missing!r} and Redis refuses CONFIG SET ({exc}): set {SETTING} to include "
+                f"{NOTIFY_FLAGS!r} in redis.conf or your provider's settings",
+            )
+        detail = f"{current!r} lacks {missing!r}; the listener adds it at start (CONFIG SET is allowed)"
+        return Check("ok", SETTING, detail)
     return Check("ok", SETTING, f"{current!r}")
 
 
-def _webhook_hosts(settings: Settings) -> Iterator[Check]:
-    hosts = sorted({urlsplit(rule.webhook_url).hostname or "" for rule in settings.mapping.rules if rule.webhook_url})
+def _webhook_hosts(rules: Sequence[Rule]) -> Iterator[Check]:
+    hosts = sorted({urlsplit(rule.webhook_url).hostname or "" for rule in rules if rule.webhook_url})
     for host in hosts:
         try:
             addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}

@@ -163,6 +163,46 @@ def test_check_fails_without_notify_flags_where_config_is_refused(log_dir: Path)
         server.stop()
 
 
+def test_check_fails_without_notify_flags_where_only_config_set_is_refused(private_redis: RedisServer) -> None:
+    # An ACL user that may read the setting but not change it: the listener could not add the flags.
+    admin = redis.Redis.from_url(private_redis.url())
+    admin.config_set("notify-keyspace-events", "")
+    admin.acl_setuser(
+        "reader", enabled=True, passwords=["+pw-reader"], keys=["*"], channels=["*"], commands=["+@all", "-config|set"]
+    )
+    try:
+        url = f"redis://reader:pw-reader@127.0.0.1:{private_redis.port}/0"
+        result = run_check(base_env(url, "k:*=http://127.0.0.1:9/hook"))
+        assert result.returncode == 1, result.stdout
+        [line] = [line for line in result.stdout.splitlines() if "notify-keyspace-events" in line]
+        assert line.startswith("fail") and "refuses CONFIG SET" in line, line
+    finally:
+        admin.acl_deluser("reader")
+
+
+def test_check_resolves_the_hosts_of_the_rules_in_redis_not_only_the_environment(
+    private_redis: RedisServer,
+) -> None:
+    url = private_redis.url()
+    env = base_env(url, "k:*=http://127.0.0.1:9/hook")
+    made = subprocess.run(
+        [*FOLLOWUP, "rules", "set", "x:*", "http://no-such-host.invalid/hook"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    try:
+        assert made.returncode == 0, made.stdout + made.stderr
+        result = run_check(env)
+        assert result.returncode == 1, result.stdout
+        assert any(line.startswith("fail") and "no-such-host.invalid" in line for line in result.stdout.splitlines())
+    finally:
+        redis.Redis.from_url(url).delete(*redis.Redis.from_url(url).keys("_followup:rules*"))
+
+
 def test_check_reports_unreachable_redis_and_unresolvable_host() -> None:
     env = base_env(f"redis://127.0.0.1:{free_port()}/0", "k:*=http://no-such-host.invalid/hook")
     result = run_check(env)
