@@ -52,6 +52,17 @@ def test_stack_has_the_services_and_settings_the_issue_names(stack: dict) -> Non
     redis_command = " ".join(map(str, services["redis"]["command"]))
     assert "--appendonly yes" in redis_command
     assert "--maxmemory-policy noeviction" in redis_command
+    # noeviction only refuses writes under a maxmemory, which must sit below the container's limit
+    # (else the kernel kills Redis first and the last second of writes is lost).
+    maxmemory = re.search(r"--maxmemory (\d+)mb", redis_command)
+    assert maxmemory, redis_command
+    limit = services["redis"]["deploy"]["resources"]["limits"]["memory"]
+    limit_mb = int(limit) // 2**20 if str(limit).isdigit() else int(str(limit).rstrip("G")) * 1024
+    assert int(maxmemory.group(1)) < limit_mb, (maxmemory.group(0), limit)
+    assert any(
+        str(volume).endswith(":/data") or (isinstance(volume, dict) and volume.get("target") == "/data")
+        for volume in services["redis"]["volumes"]
+    ), services["redis"]["volumes"]
     assert re.search(r"--notify-keyspace-events Eg\$+xe", redis_command)
     assert services["listener"]["deploy"]["replicas"] == 2
     worker = services["worker"]
