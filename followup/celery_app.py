@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import threading
 import time
 
@@ -24,6 +25,14 @@ from followup.redelivery import UnackedSweeper
 app = Celery("followup")
 app.config_from_object("celeryconfig")
 app.conf.include = ["followup.tasks"]
+
+if "flower" in sys.argv[1:]:
+    # Flower logs through the root logger, and tornado adds its own handler only where the root
+    # has none: followup's goes first, so Flower's lines get LOG_FORMAT and the secret filter too.
+    from followup.config import settings as _settings
+    from followup.logs import setup_logging
+
+    setup_logging(_settings())
 
 
 @after_setup_logger.connect

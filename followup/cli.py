@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -75,7 +76,7 @@ def listen() -> None:
         sys.exit(2)
     finally:
         rules.stop()
-    click.echo("followup listen: stopped", err=True)
+    logging.getLogger("followup.listener").info("followup listen: stopped")
 
 
 @main.command(context_settings=PASS_THROUGH)
@@ -99,7 +100,8 @@ def worker(ctx: click.Context) -> None:
             from followup.worker import DEFAULT_CONCURRENCY
 
             argv += ["--concurrency", str(DEFAULT_CONCURRENCY)]
-    _exec_celery(argv + extra)
+    # With LOG_FORMAT=json every line must be JSON: Celery's banner (not a log record) stays out.
+    _exec_celery(argv + extra, banner=config.log_format != "json")
 
 
 @main.command(context_settings=PASS_THROUGH)
@@ -439,7 +441,7 @@ def _has_option(args: list[str], short: str, long: str) -> bool:
     return False
 
 
-def _exec_celery(argv: list[str]) -> None:
+def _exec_celery(argv: list[str], banner: bool = True) -> None:
     """Replace this process with Celery's, so that signals from Docker reach it directly."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -447,4 +449,5 @@ def _exec_celery(argv: list[str]) -> None:
     # does not use, holds the unpatched module.
     quiet = "ignore:Monkey-patching ssl after ssl:Warning"
     os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
-    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", CELERY_APP, *argv])
+    quiet_banner = [] if banner else ["--quiet"]
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", CELERY_APP, *quiet_banner, *argv])

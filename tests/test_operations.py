@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import urllib.error
@@ -15,7 +17,17 @@ import redis
 
 from followup.embedded import RedisServer, free_port
 from tests.conftest import CALLBACK_CHANNEL, SUCCESS_CHANNEL, base_env
-from tests.harness import FOLLOWUP, ROOT, Events, Receiver, Reply, start_listener, start_worker, wait_until
+from tests.harness import (
+    FOLLOWUP,
+    ROOT,
+    Events,
+    FollowupProcess,
+    Receiver,
+    Reply,
+    start_listener,
+    start_worker,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -212,12 +224,32 @@ def test_check_reports_unreachable_redis_and_unresolvable_host() -> None:
     assert any(line.startswith("fail") and "no-such-host.invalid" in line for line in text.splitlines()), text
 
 
-def test_log_format_json_gives_json_lines(private_redis: RedisServer, log_dir: Path) -> None:
+def test_log_format_json_gives_json_lines_from_every_process(private_redis: RedisServer, log_dir: Path) -> None:
     url = private_redis.url()
-    env = base_env(url, "j:*=http://127.0.0.1:9/hook", LOG_FORMAT="json")
-    listener = start_listener(env, log_dir, name="json-listener")
-    listener.stop()
-    lines = [line for line in listener.output().splitlines() if line.startswith("{")]
-    assert lines, listener.output()
-    entry = json.loads(lines[0])
-    assert {"time", "level", "logger", "message"} <= set(entry)
+    env = base_env(url, "j:*=http://127.0.0.1:9/hook", LOG_FORMAT="json", FLOWER_BASIC_AUTH="ops:pw-json")
+    port = free_port()
+    processes = [
+        start_listener(env, log_dir, name="json-listener"),
+        start_worker(env, log_dir, name="json-worker"),
+        FollowupProcess("json-flower", ["flower", f"--port={port}"], env, log_dir, ready="Visit me").start(),
+    ]
+    for process in processes:
+        process.stop()
+    for process in processes:
+        output = process.output()
+        if os.geteuid() == 0:
+            # Run as root (the image runs as a user): Celery warns before any logging is set up.
+            warning = r"^\S+: SecurityWarning: You're running the worker with superuser[\s\S]*?_warn_or_raise_.*\n"
+            output = re.sub(warning, "", output, flags=re.MULTILINE)
+        lines = [line for line in output.splitlines() if line.strip()]
+        # Celery prints its shutdown notice straight to the terminal, not as a log record.
+        not_json = [line for line in lines if not _is_json_entry(line) and not line.startswith("worker: ")]
+        assert lines and not not_json, f"{process.name}: lines that are not JSON entries:\n" + "\n".join(not_json[:20])
+
+
+def _is_json_entry(line: str) -> bool:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and {"time", "level", "logger", "message"} <= set(entry)
