@@ -242,8 +242,7 @@ class Listener:
         kept = []
         for op, key in ops:
             if op == "claim" and key in self._claimed_by_timer:
-                del self._claimed_by_timer[key]
-                self.metrics.duplicates.inc()
+                del self._claimed_by_timer[key]  # its own touch's echo: not a duplicate anyone made
                 continue
             if op == "index":
                 self._claimed_by_timer.pop(key, None)

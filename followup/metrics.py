@@ -29,7 +29,8 @@ class ListenerMetrics:
         self.enqueued = Counter("followup_listener_enqueued", "Jobs enqueued, by what fired them", ["path"], registry=r)
         self.duplicates = Counter(
             "followup_listener_duplicates_suppressed",
-            "Expired events of mapped keys that were already claimed (by the timer or another listener)",
+            "Expirations this listener saw claimed already (by another listener, or by its own earlier path), "
+            "so not enqueued again; the echo of its own timer's touch is not counted",
             registry=r,
         )
         self.caught_up = Counter(

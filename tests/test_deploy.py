@@ -158,7 +158,8 @@ def test_grafana_dashboard_only_plots_metrics_followup_exports() -> None:
     dashboard = json.loads((ROOT / "docker" / "grafana" / "followup-dashboard.json").read_text())
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
     exported = set()
-    for registry in (ListenerMetrics().registry, WorkerMetrics().registry):
+    registries = (ListenerMetrics().registry, WorkerMetrics().registry)
+    for registry in registries:
         for family in registry.collect():
             exported |= {family.name + suffix for suffix in suffixes[family.type]}
     plotted = set()
@@ -168,6 +169,9 @@ def test_grafana_dashboard_only_plots_metrics_followup_exports() -> None:
     assert plotted, "the dashboard plots nothing"
     missing = {name for name in plotted if name not in exported}
     assert not missing, f"the dashboard plots metrics nobody exports: {sorted(missing)}"
+    families = {family.name for registry in registries for family in registry.collect()}
+    unplotted = {name for name in families if not any(plot.startswith(name) for plot in plotted)}
+    assert not unplotted, f"metrics no panel plots: {sorted(unplotted)}"
 
 
 def test_the_list_of_known_variables_is_what_the_settings_read() -> None:

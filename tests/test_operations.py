@@ -77,6 +77,10 @@ def test_listener_metrics_move_and_healthz_follows_redis(private_redis: RedisSer
         assert 'followup_listener_events_total{event="set"}' in text
         assert metric(text, "followup_listener_lateness_seconds_count") == 5
         assert metric(text, "followup_listener_index_size") == 0
+        expired = 'followup_listener_events_total{event="expired"}'
+        wait_until(lambda: metric(get(f"{base}/metrics")[1], expired) >= 5, 15, "the 5 expired events")
+        # The only listener: each expired event is the echo of its own timer's touch, no duplicate.
+        assert metric(get(f"{base}/metrics")[1], "followup_listener_duplicates_suppressed_total") == 0
 
         private_redis.stop()
         wait_until(lambda: get(f"{base}/healthz")[0] == 503, 15, "/healthz to turn unhealthy")

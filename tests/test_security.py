@@ -208,6 +208,9 @@ def test_flower_with_basic_auth_asks_for_it_and_never_prints_it(redis_server: Re
         request = urllib.request.Request(url, headers={"Authorization": f"Basic {login}"})
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 200
+        # As the README warns: Flower serves its metrics without asking for the login.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            assert response.status == 200 and secret not in response.read().decode()
     finally:
         flower.stop()
     assert secret not in flower.output(), "Flower's output shows its password"
