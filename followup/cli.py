@@ -387,6 +387,9 @@ def health(role: str) -> None:
     try:
         with urllib.request.urlopen(url, timeout=4) as response:
             click.echo(response.read().decode(errors="replace").strip())
+    except urllib.error.HTTPError as exc:  # the process answers, unhealthy: its reason is the body
+        click.echo(f"unhealthy: {exc.read().decode(errors='replace').strip() or exc}", err=True)
+        sys.exit(1)
     except (urllib.error.URLError, OSError) as exc:
         click.echo(f"unhealthy: {url}: {exc}", err=True)
         sys.exit(1)

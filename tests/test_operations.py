@@ -54,6 +54,18 @@ def metric(text: str, name: str) -> float:
     return total
 
 
+def health(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FOLLOWUP, "health", "--role", "listen"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def test_listener_metrics_move_and_healthz_follows_redis(private_redis: RedisServer, log_dir: Path) -> None:
     url = private_redis.url()
     port = free_port()
@@ -63,6 +75,7 @@ def test_listener_metrics_move_and_healthz_follows_redis(private_redis: RedisSer
     try:
         base = f"http://127.0.0.1:{port}"
         assert get(f"{base}/healthz")[0] == 200
+        assert health(env).returncode == 0  # the image's HEALTHCHECK command
         client = redis.Redis.from_url(url)
         for n in range(5):
             client.set(f"m:{n}", "1", px=100)
@@ -85,6 +98,8 @@ def test_listener_metrics_move_and_healthz_follows_redis(private_redis: RedisSer
         private_redis.stop()
         wait_until(lambda: get(f"{base}/healthz")[0] == 503, 15, "/healthz to turn unhealthy")
         assert "not connected" in get(f"{base}/healthz")[1]
+        unhealthy = health(env)
+        assert unhealthy.returncode == 1 and "not connected" in unhealthy.stderr + unhealthy.stdout, unhealthy
         private_redis.start()
         wait_until(lambda: get(f"{base}/healthz")[0] == 200, 30, "/healthz to be healthy again")
         assert metric(get(f"{base}/metrics")[1], "followup_listener_reconnects_total") >= 1
