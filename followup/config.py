@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from followup.durations import parse_duration
 from followup.errors import ConfigError
@@ -120,7 +120,7 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Strings that must never be printed, for the logging filter."""
-        found = [_password(self.redis_url), _password(self.broker_url), self.api_token]
+        found = [*_password(self.redis_url), *_password(self.broker_url), self.api_token]
         if self.flower_basic_auth:
             found += [pair.partition(":")[2] for pair in self.flower_basic_auth.split(",")]
         found += list(self.webhook_secrets)
@@ -308,7 +308,7 @@ class _Env:
             raise ConfigError(name, shown, "a Redis URL with a host")
         if _redis_db(value) is None:
             raise ConfigError(name, shown, "a database number from 0 after the host (redis://host:6379/0)")
-        return value
+        return _credentials_in_userinfo(value, name, shown)
 
     def webhook_secrets(self, name: str) -> tuple[str, ...]:
         value = self.raw(name)
@@ -349,8 +349,27 @@ def _redis_db(url: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() else None
 
 
-def _password(url: str) -> str | None:
+def _credentials_in_userinfo(url: str, name: str, shown: str) -> str:
+    """`redis://host/0?password=…` as `redis://:…@host/0`: redis-py takes both forms, kombu (the
+    broker) only the second, and only a password in the userinfo is masked wherever it is shown."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    credentials = {key: value for key, value in query if key in ("username", "password")}
+    if not credentials or parts.scheme == "unix":
+        return url
+    if parts.username or parts.password:
+        raise ConfigError(name, shown, "credentials either before the host or in the query, not both")
+    userinfo = quote(credentials.get("username", ""), safe="")
+    if "password" in credentials:
+        userinfo += ":" + quote(credentials["password"], safe="")
+    rest = urlencode([(key, value) for key, value in query if key not in credentials])
+    return urlunsplit((parts.scheme, f"{userinfo}@{parts.netloc}", parts.path, rest, parts.fragment))
+
+
+def _password(url: str) -> tuple[str, ...]:
+    """The URL's password as written and as Redis gets it (percent-decoded)."""
     try:
-        return urlsplit(url).password
+        password = urlsplit(url).password
     except ValueError:
-        return None
+        return ()
+    return (password, unquote(password)) if password else ()

@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from followup.errors import ConfigError
-from followup.redaction import redact_userinfo
+from followup.redaction import MASK, redact_userinfo
+
+# Anything up to an "@" in a parser's message: the userinfo of a netloc it quotes.
+_CREDENTIALS = re.compile(r"[^\s'\"]*@")
 
 VARIABLE = "KEY_WEBHOOK_MAPPING"
 _GLOB_CHARS = frozenset("*?[")
@@ -193,7 +196,9 @@ def check_http_url(url: str, variable: str, where: str) -> None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - a bad port only raises when read
     except ValueError as exc:
-        raise ConfigError(variable, shown, f"a valid http(s) URL ({exc})") from None
+        # The parser's message may quote the netloc, credentials and all.
+        reason = _CREDENTIALS.sub(f"{MASK}@", str(exc))
+        raise ConfigError(variable, shown, f"a valid http(s) URL ({reason})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(variable, shown, "an http:// or https:// URL with a host")
 

@@ -9,12 +9,14 @@ from collections.abc import Iterable
 # Everything from "://" to the last "@" of the same token: a password may itself hold "/", "?"
 # or "@" (redis-py accepts them), and none of it may show.
 _USERINFO = re.compile(r"(?<=://)[^\s'\"]*@")
+# redis-py also takes the password from the query (`?password=…`).
+_QUERY_PASSWORD = re.compile(r"(?i)(?<=[?&]password=)[^&#\s'\"]*")
 MASK = "***"
 
 
 def redact_userinfo(url: str) -> str:
-    """The URL with any `user:password@` part masked, so that it can be shown."""
-    return _USERINFO.sub(f"{MASK}@", url)
+    """The URL with any `user:password@` part and `password=` query value masked, to be shown."""
+    return _QUERY_PASSWORD.sub(MASK, _USERINFO.sub(f"{MASK}@", url))
 
 
 class SecretFilter(logging.Filter):
@@ -30,7 +32,7 @@ class SecretFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = _USERINFO.sub(f"{MASK}@", message)
+        masked = redact_userinfo(message)
         for secret in self._secrets:
             masked = masked.replace(secret, MASK)
         if masked != message:
@@ -38,7 +40,7 @@ class SecretFilter(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            text = _USERINFO.sub(f"{MASK}@", record.exc_text)
+            text = redact_userinfo(record.exc_text)
             for secret in self._secrets:
                 text = text.replace(secret, MASK)
             record.exc_text = text

@@ -260,3 +260,10 @@ def test_parse_duration_returns_seconds_or_config_error(text):
 def test_parse_duration_units(number, unit):
     factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "": 0.001}[unit]
     assert parse_duration(f"{number}{unit}", "X") == pytest.approx(number * factor)
+
+
+def test_a_url_the_parser_rejects_never_shows_its_credentials_in_the_error() -> None:
+    # urlsplit's own message quotes the netloc (an NFKC look-alike "＃" makes it raise).
+    with pytest.raises(ConfigError) as raised:
+        parse_mapping("k=https://user:tok\uff03en-SECRET@hooks.example/x")
+    assert "SECRET" not in str(raised.value) and "user:" not in str(raised.value), str(raised.value)
