@@ -28,7 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from followup import operations
 from followup.callbacks import MAX_CALLBACK_BYTES
@@ -36,7 +36,7 @@ from followup.config import Settings
 from followup.connections import redis_client
 from followup.durations import parse_duration
 from followup.errors import ConfigError
-from followup.jobs import DeadLetter, JobStore
+from followup.jobs import MAX_KEY_BYTES, DeadLetter, JobStore
 from followup.mapping import Rule, build_rule
 from followup.redaction import redact_userinfo
 from followup.rules import LiveRules, RuleStore
@@ -44,7 +44,6 @@ from followup.scheduling import cancel, schedule
 
 log = logging.getLogger(__name__)
 MAX_DELAY_MS = 10 * 365 * 24 * 3600 * 1000  # ten years: beyond that a follow-up is a mistake
-MAX_KEY_CHARS = 1024
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -57,7 +56,11 @@ class Problem(BaseModel):
 class ScheduleRequest(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
-    key: str = Field(min_length=1, max_length=MAX_KEY_CHARS, description="the Redis key to write and follow up")
+    key: str = Field(
+        min_length=1,
+        max_length=MAX_KEY_BYTES,
+        description=f"the Redis key to write and follow up (≤ {MAX_KEY_BYTES} bytes)",
+    )
     in_: str | int | float | None = Field(
         default=None, alias="in", description='delay: "30s", "5m", "1h", "500ms", or a number of milliseconds'
     )
@@ -65,6 +68,13 @@ class ScheduleRequest(BaseModel):
         default=None, description="due time: ISO 8601 (UTC if no offset) or milliseconds since the epoch"
     )
     payload: Any = Field(default=None, description="stored as the key's value; the webhook's `payload`")
+
+    @field_validator("key")
+    @classmethod
+    def _key_fits(cls, key: str) -> str:
+        if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+            raise ValueError(f"a key of at most {MAX_KEY_BYTES} bytes in UTF-8")
+        return key
 
     @model_validator(mode="after")
     def _one_of_in_or_at(self) -> ScheduleRequest:

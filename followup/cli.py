@@ -144,7 +144,10 @@ def schedule(key: str, delay: str, payload: str | None) -> None:
     from followup.operations import current_mapping
 
     client = redis_client(config.redis_url)
-    deadline = schedule_key(key, seconds, payload, client=client, payload_limit=config.payload_max_bytes)
+    try:
+        deadline = schedule_key(key, seconds, payload, client=client, payload_limit=config.payload_max_bytes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="KEY") from None
     due = datetime.fromtimestamp(deadline / 1000, UTC)
     click.echo(f"scheduled {key!r}, due {due.isoformat(timespec='milliseconds')}")
     if current_mapping(client, config).match(key) is None:

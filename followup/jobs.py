@@ -22,6 +22,9 @@ PREFIX = "_followup:"
 # The Celery task of a job: its retries run as it, and Flower lists first attempts under it too.
 TASK_NAME = "followup.deliver"
 DEAD_LETTERS = f"{PREFIX}dead"
+# A key travels in every webhook body, event and log line of its job: longer ones are refused
+# (by followup.schedule and the API) or ignored with a warning (by the listener).
+MAX_KEY_BYTES = 1024
 FINISHED_RETENTION_MIN = 600.0
 
 

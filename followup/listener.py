@@ -22,7 +22,7 @@ import redis
 from followup.config import Settings
 from followup.connections import redis_client, subscriber_client
 from followup.index import Claimed, FireResult, ScheduleIndex, parse_claims
-from followup.jobs import PREFIX
+from followup.jobs import MAX_KEY_BYTES, PREFIX
 from followup.mapping import Mapping
 from followup.metrics import ListenerMetrics
 from followup.notifications import ensure_flags
@@ -288,11 +288,21 @@ class Listener:
 
     def _mapped_key(self, raw: bytes) -> str | None:
         try:
-            key = raw.decode("utf-8")
+            key, readable = raw.decode("utf-8"), True
         except UnicodeDecodeError:
-            log.debug("ignored a key that is not UTF-8: %r", raw[:200])
-            return None
+            key, readable = raw.decode("utf-8", "surrogateescape"), False
         if not key or is_internal(key, self._settings.queue_name) or self._mapping.match(key) is None:
+            return None
+        if not readable:
+            log.warning("ignored key %r: a rule matches it, but it is not UTF-8 (a webhook carries text)", raw[:100])
+            return None
+        if len(raw) > MAX_KEY_BYTES:
+            log.warning(
+                "ignored key %r… (%d bytes): a rule matches it, but a follow-up's key may have at most %d bytes",
+                key[:100],
+                len(raw),
+                MAX_KEY_BYTES,
+            )
             return None
         return key
 
