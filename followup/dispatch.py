@@ -86,7 +86,7 @@ class Dispatcher:
                 response = self._http.post(url, body, headers, timeout)
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
-                _drain(response, deadline=started + timeout)
+                read = _drain(response, deadline=started + timeout)
         except NewConnectionError as exc:
             # Before the timeouts: urllib3 2 makes a refused connection a ConnectTimeoutError too.
             raise self._failed(job, started, exc) from None
@@ -98,6 +98,8 @@ class Dispatcher:
         elapsed = time.monotonic() - started
         self._metrics.webhook_duration.labels(outcome_of(status)).observe(elapsed)
         log.debug("webhook for job %s answered %s in %.0f ms", job.id, status, elapsed * 1000)
+        if read is not None:
+            log.info("webhook for job %s: its answer was not read past %d bytes (only the status counts)", job.id, read)
         if status == 410:
             raise DispatchError("webhook answered HTTP 410 Gone: the receiver will never take it", final=True)
         if status in (429, 503):
@@ -141,11 +143,12 @@ def _deadline(seconds: float) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _drain(response: urllib3.BaseHTTPResponse, deadline: float) -> None:
+def _drain(response: urllib3.BaseHTTPResponse, deadline: float) -> int | None:
     """Read at most MAX_RESPONSE_BYTES before `deadline`: a huge or endless answer costs no more.
 
     Only the status matters; the body is read so that the connection can be reused, and a
-    connection whose answer was not read to its end is closed rather than reused.
+    connection whose answer was not read to its end is closed rather than reused. Returns how
+    many bytes were read when the answer was cut there, else None.
     """
     read, complete = 0, False
     try:
@@ -161,6 +164,7 @@ def _drain(response: urllib3.BaseHTTPResponse, deadline: float) -> None:
         if not complete:
             response.close()
         response.release_conn()
+    return None if complete else read
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+from followup.dispatch import MAX_RESPONSE_BYTES
 from tests.conftest import FAILURE_CHANNEL, SUCCESS_CHANNEL, System
-from tests.harness import Reply
+from tests.harness import Reply, wait_until
 from tests.test_end_to_end import unique
 
 
@@ -66,3 +69,12 @@ def test_huge_and_endless_answers_are_not_read_past_the_limit(system: System) ->
         [call] = system.receiver.wait_calls(key, 1)
         event = system.events.wait(SUCCESS_CHANNEL, jobId=call.body["jobId"])
         assert event["attempts"] == 1  # a 2xx answer: delivered, whatever its body
+        line = wait_until(
+            lambda job=call.body["jobId"]: next(
+                (line for line in system.worker.output().splitlines() if f"job {job}: its answer" in line), None
+            ),
+            10,
+            f"the worker's line about cutting {key}'s answer",
+        )
+        read = int(re.search(r"not read past (\d+) bytes", line).group(1))
+        assert read <= MAX_RESPONSE_BYTES, line
