@@ -38,12 +38,18 @@ class RedisServer:
     """One redis-server process; `restart()` brings it back on the same port and data dir."""
 
     def __init__(
-        self, binary: str | None = None, port: int | None = None, args: tuple[str, ...] = (), tls_ca: str | None = None
+        self,
+        binary: str | None = None,
+        port: int | None = None,
+        args: tuple[str, ...] = (),
+        tls_ca: str | None = None,
+        tls_client: tuple[str, str] | None = None,
     ) -> None:
         self.binary = binary or redis_server_binary()
         self.port = port or free_port()
         self.args = args  # "{port}" in an argument stands for the port
         self.tls_ca = tls_ca  # when set, the server speaks TLS on its port, signed by this CA
+        self.tls_client = tls_client  # (certificate, key) to show a server that asks clients for one
         self.dir = Path(tempfile.mkdtemp(prefix="followup-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -81,6 +87,8 @@ class RedisServer:
                     password=self._password(),
                     ssl=self.tls_ca is not None,
                     ssl_ca_certs=self.tls_ca,
+                    ssl_certfile=self.tls_client[0] if self.tls_client else None,
+                    ssl_keyfile=self.tls_client[1] if self.tls_client else None,
                 )
                 if client.ping():
                     return self

@@ -42,12 +42,16 @@ def documented_acl() -> list[str]:
 
 
 def round_trip(
-    url: str, log_dir: Path, name: str, more: Callable[[dict, Receiver, Events], None] | None = None
+    url: str,
+    log_dir: Path,
+    name: str,
+    more: Callable[[dict, Receiver, Events], None] | None = None,
+    **settings: str,
 ) -> dict:
     """Listener + worker on `url`: a key expires, the receiver confirms, the job succeeds; then
     `more` (env, receiver, events), while they still run."""
     receiver = Receiver(url, CALLBACK_CHANNEL)
-    env = base_env(url, f"sec:*={receiver.url('/sec')}", DEBUG="true")
+    env = base_env(url, f"sec:*={receiver.url('/sec')}", DEBUG="true", **settings)
     events = Events(url, SUCCESS_CHANNEL, FAILURE_CHANNEL)
     worker = start_worker(env, log_dir, name=f"{name}-worker")
     listener = start_listener(env, log_dir, name=f"{name}-listener")
@@ -151,55 +155,57 @@ def test_tls_redis_through_rediss_urls(tmp_path: Path, log_dir: Path) -> None:
         "-subj",
         "/CN=followup test CA",
     )
-    openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"
-    )
     (tmp_path / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-    )
-    server = RedisServer(
-        args=(
-            "--port",
-            "0",
-            "--tls-port",
-            "{port}",
-            "--tls-cert-file",
-            str(tmp_path / "server.pem"),
-            "--tls-key-file",
-            str(tmp_path / "server.key"),
-            "--tls-ca-cert-file",
-            str(tmp_path / "ca.pem"),
-            "--tls-auth-clients",
-            "no",
-        ),
-        tls_ca=str(tmp_path / "ca.pem"),
-    )
+    for name in ("server", "client"):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
+        openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "1", "-extfile", "ext.cnf",
+        )  # fmt: skip
+    ca, cert, key = (str(tmp_path / name) for name in ("ca.pem", "client.pem", "client.key"))
+
+    def tls_server() -> RedisServer:
+        # Mutual TLS: the server asks every client for a certificate signed by the CA.
+        return RedisServer(
+            args=(
+                "--port", "0", "--tls-port", "{port}",
+                "--tls-cert-file", str(tmp_path / "server.pem"), "--tls-key-file", str(tmp_path / "server.key"),
+                "--tls-ca-cert-file", ca, "--tls-auth-clients", "yes",
+            ),
+            tls_ca=ca,
+            tls_client=(cert, key),
+        )  # fmt: skip
+
+    watched, broker = tls_server(), tls_server()
     try:
-        server.start()
+        watched.start()
     except RuntimeError:
         pytest.skip("this redis-server was built without TLS")
     try:
-        ca = tmp_path / "ca.pem"
-        url = f"rediss://127.0.0.1:{server.port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
-        outputs = round_trip(url, log_dir, "tls")
-        assert "rediss://127.0.0.1" in outputs["listener"]
+        broker.start()
+        with pytest.raises(redis.ConnectionError):  # the server really demands a client certificate
+            redis.Redis.from_url(f"rediss://127.0.0.1:{watched.port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}").ping()
+        tls = f"ssl_cert_reqs=required&ssl_ca_certs={ca}&ssl_certfile={cert}&ssl_keyfile={key}"
+        url = f"rediss://127.0.0.1:{watched.port}/0?{tls}"
+        broker_url = f"rediss://127.0.0.1:{broker.port}/0?{tls}"
+        outputs = round_trip(url, log_dir, "tls", CELERY_BROKER_URL=broker_url)
+        assert f"rediss://127.0.0.1:{watched.port}" in outputs["listener"]
+        assert f"Connected to rediss://***@127.0.0.1:{broker.port}/0" in outputs["worker"], "not the second server"
+        assert redis.Redis.from_url(broker_url).exists("_kombu.binding.followup"), "nothing went through the broker"
     finally:
-        server.stop()
+        watched.stop()
+        broker.stop()
 
 
 def test_flower_refuses_to_start_without_auth() -> None:
