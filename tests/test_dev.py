@@ -83,6 +83,9 @@ def _job_key(row: dict) -> str:
 
 def test_make_run_shows_a_follow_up_succeed_and_ctrl_c_stops_everything(dev: Dev) -> None:
     dev.wait_for(r"started an embedded redis-server at redis://", 30, "the embedded Redis to be announced")
+    dev.wait_for(
+        r"Flower runs without authentication here \(FLOWER_UNAUTHENTICATED=true\)", 30, "the open-Flower notice"
+    )
     dev.wait_for(r"^Ctrl-C stops everything", 90, "followup dev to say it is running")
     welcome = dev.wait_for(r"job (\S+) \(demo:welcome\): success after 1 attempt", 30, "demo:welcome to succeed")
     children = psutil.Process(dev.proc.pid).children(recursive=True)
