@@ -48,9 +48,6 @@ def _prepare_handlers(logger: logging.Logger, **_: object) -> None:
 _sweeper: UnackedSweeper | None = None
 _feeder: Feeder | None = None
 _stopping = False
-# A stop signal may come while the services are still starting: the feeder must then not start
-# taking jobs behind the shutdown's back (they would wait for their leases to run out).
-_lifecycle = threading.Lock()
 
 
 @worker_ready.connect
@@ -93,10 +90,12 @@ def _start(sender: object) -> None:
     if app.conf.worker_send_task_events:
         events = JobEvents(app, getattr(sender, "hostname", None) or "followup")
         events.start()
-    with _lifecycle:
-        if _stopping:
-            return
-        _feeder = Feeder(worker_runtime, queues or [worker_runtime.settings.queue_name], slots, events)
+    # A stop signal may come while this runs: the feeder must then not take jobs behind the
+    # shutdown's back (they would wait for their leases to run out). No lock: the signal's
+    # handler may run in this very greenlet. Published first, checked after: whichever order
+    # the two run in, either the handler stops the feeder or the feeder is not started.
+    _feeder = Feeder(worker_runtime, queues or [worker_runtime.settings.queue_name], slots, events)
+    if not _stopping:
         _feeder.start()
     # Everything made so far (Celery, kombu, the runtime) lives as long as the process: out of
     # the collector's way, a full collection no longer walks it and stalls every waiting job.
@@ -106,10 +105,9 @@ def _start(sender: object) -> None:
 @worker_shutting_down.connect
 def _stop_taking(**_: object) -> None:
     global _stopping
-    with _lifecycle:
-        _stopping = True
-        if _feeder is not None:
-            _feeder.stop_taking()
+    _stopping = True
+    if _feeder is not None:
+        _feeder.stop_taking()
 
 
 @worker_shutdown.connect

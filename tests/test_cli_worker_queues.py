@@ -14,7 +14,7 @@ from followup.config import settings
 @pytest.fixture
 def argv(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     seen: list[str] = []
-    monkeypatch.setattr(cli, "_exec_celery", seen.extend)
+    monkeypatch.setattr(cli, "_exec_celery", lambda args, **_: seen.extend(args))
     settings.cache_clear()  # read this test's environment, and leave none behind
     yield seen
     settings.cache_clear()
