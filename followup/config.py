@@ -354,7 +354,10 @@ def _credentials_in_userinfo(url: str, name: str, shown: str) -> str:
     broker) only the second, and only a password in the userinfo is masked wherever it is shown."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    credentials = {key: value for key, value in query if key in ("username", "password")}
+    credentials: dict[str, str] = {}
+    for key, value in query:
+        if key in ("username", "password"):
+            credentials.setdefault(key, value)  # the first, as redis-py reads it
     if not credentials or parts.scheme == "unix":
         return url
     if parts.username or parts.password:
@@ -362,14 +365,17 @@ def _credentials_in_userinfo(url: str, name: str, shown: str) -> str:
     userinfo = quote(credentials.get("username", ""), safe="")
     if "password" in credentials:
         userinfo += ":" + quote(credentials["password"], safe="")
+    host = parts.netloc.rpartition("@")[2]  # an empty userinfo ("redis://@host") goes
     rest = urlencode([(key, value) for key, value in query if key not in credentials])
-    return urlunsplit((parts.scheme, f"{userinfo}@{parts.netloc}", parts.path, rest, parts.fragment))
+    return urlunsplit((parts.scheme, f"{userinfo}@{host}", parts.path, rest, parts.fragment))
 
 
 def _password(url: str) -> tuple[str, ...]:
-    """The URL's password as written and as Redis gets it (percent-decoded)."""
+    """The URL's password as written and as Redis gets it (percent-decoded); for a unix socket
+    it may stay in the query."""
     try:
-        password = urlsplit(url).password
+        parts = urlsplit(url)
     except ValueError:
         return ()
-    return (password, unquote(password)) if password else ()
+    found = [parts.password or "", *(value for key, value in parse_qsl(parts.query) if key == "password")]
+    return tuple({form for password in found if password for form in (password, unquote(password))})

@@ -191,14 +191,18 @@ def _authority_ended(url: str) -> bool:
 
 def check_http_url(url: str, variable: str, where: str) -> None:
     """Raise ConfigError unless `url` is an absolute http(s) URL with a host."""
-    shown = f"{where}: {redact_userinfo(url)!r}" if where else repr(redact_userinfo(url))
+    # Whatever precedes the last "@" after the scheme counts as credentials here: an error must
+    # not show them even where they hold a space or a quote, which end the pattern's match.
+    userinfo = url.partition("://")[2].rpartition("@")[0]
+    masked = redact_userinfo(url.replace(userinfo, MASK, 1) if userinfo else url)
+    shown = f"{where}: {masked!r}" if where else repr(masked)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - a bad port only raises when read
     except ValueError as exc:
-        # The parser's message may quote the netloc, credentials and all.
-        reason = _CREDENTIALS.sub(f"{MASK}@", str(exc))
-        raise ConfigError(variable, shown, f"a valid http(s) URL ({reason})") from None
+        # The parser's message quotes the netloc, credentials and all.
+        reason = redact_userinfo(str(exc).replace(userinfo, MASK) if userinfo else str(exc))
+        raise ConfigError(variable, shown, f"a valid http(s) URL ({_CREDENTIALS.sub(f'{MASK}@', reason)})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(variable, shown, "an http:// or https:// URL with a host")
 

@@ -16,7 +16,8 @@ MASK = "***"
 
 def redact_userinfo(url: str) -> str:
     """The URL with any `user:password@` part and `password=` query value masked, to be shown."""
-    return _QUERY_PASSWORD.sub(MASK, _USERINFO.sub(f"{MASK}@", url))
+    # The query first: a password there may hold an "@", which the userinfo pattern stops at.
+    return _USERINFO.sub(f"{MASK}@", _QUERY_PASSWORD.sub(MASK, url))
 
 
 class SecretFilter(logging.Filter):
