@@ -8,6 +8,7 @@ follow-up, and prints what to type next. Ctrl-C stops every child process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -18,7 +19,6 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import redis
 
@@ -84,9 +84,10 @@ def run_dev() -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        say("\nstopping…")
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        with contextlib.suppress(OSError):  # a hung-up terminal: the clean-up must go on
+            say("\nstopping…")
         children.stop()
         if receiver:
             receiver.stop()
@@ -139,12 +140,14 @@ class Children:
     def stop(self) -> None:
         for proc in self._procs.values():
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                    os.killpg(proc.pid, signal.SIGTERM)
         for proc in self._procs.values():
             try:
                 proc.wait(STOP_GRACE)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
 
@@ -209,7 +212,7 @@ def _say_next_steps(redis_url: str, chosen: dict[str, str]) -> None:
     redis_cli = shutil.which("redis-cli") or _embedded_cli()
     if redis_cli:
         # A password stays out of the terminal: the user's own REDIS_URL is the one that has it.
-        target = '"$REDIS_URL"' if urlsplit(redis_url).password else redis_url
+        target = '"$REDIS_URL"' if redact_userinfo(redis_url) != redis_url else redis_url
         say(f"  {redis_cli} -u {target} SET demo:bye '\"any value\"' PX 2000")
     say("  .venv/bin/followup pending")
 
