@@ -83,6 +83,7 @@ class ScheduleIndex:
         self._payload_limit = payload_limit
         self._index = scripts.load(client, "index_keys")
         self._forget = scripts.load(client, "forget_keys")
+        self._forget_gone = scripts.load(client, "forget_gone")
         self._claim = scripts.load(client, "claim_due")
         self._fire_due = scripts.load(client, "fire_due")
         self._reclaim = scripts.load(client, "reclaim_firing")
@@ -112,6 +113,10 @@ class ScheduleIndex:
 
     def forget(self, keys: list[str], pipe: redis.client.Pipeline | None = None) -> None:
         self._call(self._forget, [DUE, VALUES, LIMBO], keys, pipe)
+
+    def forget_gone(self, keys: list[str]) -> int:
+        """Forget the entries of those keys that no longer exist; returns how many."""
+        return int(self._forget_gone(keys=[DUE, VALUES, LIMBO], args=keys))
 
     def claim(self, keys: list[str], unknown_too: bool, pipe: redis.client.Pipeline | None = None) -> object:
         args = ["1" if unknown_too else "0", *keys]

@@ -449,13 +449,7 @@ class Listener:
         for keys in self._index.future_entries(self._redis_now() + PRUNE_MARGIN_MS):
             if stop.is_set():
                 break
-            pipe = self._redis.pipeline(transaction=False)
-            for key in keys:
-                pipe.exists(key)
-            deleted = [key for key, found in zip(keys, pipe.execute(), strict=True) if not found]
-            if deleted:
-                self._index.forget(deleted)
-                pruned += len(deleted)
+            pruned += self._index.forget_gone(keys)
         return pruned
 
     # Enqueueing ---------------------------------------------------------------------------
