@@ -13,7 +13,7 @@ from followup.config import Settings
 from followup.durations import format_duration
 from followup.listener import NOTIFY_FLAGS
 from followup.mapping import Rule
-from followup.notifications import SETTING, NotificationsOff, missing_flags, probe_events
+from followup.notifications import SETTING, NotificationsOff, ensure_flags
 from followup.redaction import redact_userinfo
 
 
@@ -90,29 +90,11 @@ def _redis_checks(name: str, url: str) -> Iterator[Check]:
 
 
 def _notify_flags(client: redis.Redis, db: int) -> Check:
+    # What the listener does at its start, so that the check says what the listener will meet.
     try:
-        current = client.config_get(SETTING).get(SETTING, "")
-        current = current.decode() if isinstance(current, bytes) else current
-    except redis.ResponseError:
-        try:
-            probe_events(client, db, NOTIFY_FLAGS)
-        except NotificationsOff as exc:
-            return Check("fail", SETTING, str(exc))
-        return Check("ok", SETTING, f"CONFIG is refused; probe keys show {NOTIFY_FLAGS!r} is in place")
-    missing = missing_flags(current, NOTIFY_FLAGS)
-    if missing:
-        try:
-            client.config_set(SETTING, current)  # the value it has: only asks whether the listener may set it
-        except redis.ResponseError as exc:
-            return Check(
-                "fail",
-                SETTING,
-                f"{current!r} lacks {missing!r} and Redis refuses CONFIG SET ({exc}): set {SETTING} to include "
-                f"{NOTIFY_FLAGS!r} in redis.conf or your provider's settings",
-            )
-        detail = f"{current!r} lacks {missing!r}; the listener adds it at start (CONFIG SET is allowed)"
-        return Check("ok", SETTING, detail)
-    return Check("ok", SETTING, f"{current!r}")
+        return Check("ok", SETTING, ensure_flags(client, db, NOTIFY_FLAGS))
+    except NotificationsOff as exc:
+        return Check("fail", SETTING, str(exc))
 
 
 def _webhook_hosts(rules: Sequence[Rule]) -> Iterator[Check]:
