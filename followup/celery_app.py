@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-import sys
+import os
 import threading
 import time
 
@@ -22,11 +22,14 @@ from followup.job_events import JobEvents
 from followup.redaction import redact_userinfo
 from followup.redelivery import UnackedSweeper
 
+# Set by `followup flower` for the Celery process it becomes.
+FLOWER_PROCESS = "FOLLOWUP_FLOWER_PROCESS"
+
 app = Celery("followup")
 app.config_from_object("celeryconfig")
 app.conf.include = ["followup.tasks"]
 
-if "flower" in sys.argv[1:]:
+if os.environ.get(FLOWER_PROCESS) == "1":
     # Flower logs through the root logger, and tornado adds its own handler only where the root
     # has none: followup's goes first, so Flower's lines get LOG_FORMAT and the secret filter too.
     from followup.config import settings as _settings

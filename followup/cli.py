@@ -122,6 +122,7 @@ def flower(ctx: click.Context) -> None:
     # FLOWER_BASIC_AUTH_FILE); passing it as an argument would show the password in `ps`.
     if config.flower_basic_auth:
         os.environ["FLOWER_BASIC_AUTH"] = config.flower_basic_auth
+    os.environ["FOLLOWUP_FLOWER_PROCESS"] = "1"  # celery_app.FLOWER_PROCESS: log set-up for Flower
     _exec_celery(["flower", *ctx.args])
 
 
