@@ -34,9 +34,11 @@ def test_a_burst_ten_times_the_slots_runs_without_a_pause(log_dir: Path) -> None
         arrivals = sorted(request.at for request in receiver.requests)
         gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
         # A slot comes free within milliseconds here (the receiver confirms at once); a pause as
-        # long as the feeder's idle look means the slot's word was lost.
-        assert max(gaps) < 0.7 * IDLE_POLL, (
-            f"the feeder paused {max(gaps):.2f}s between two webhooks of the burst; gaps: "
+        # long as the feeder's idle look means the slot's word was lost. One such pause may be a
+        # hiccup of a loaded machine; a lost word makes one in every round of SLOTS jobs.
+        pauses = [gap for gap in gaps if gap >= 0.9 * IDLE_POLL]
+        assert len(pauses) <= 1, (
+            f"the feeder paused {len(pauses)} times between webhooks of the burst; gaps: "
             + ", ".join(f"{gap:.2f}" for gap in gaps)
             + f"\n{worker.tail()}"
         )

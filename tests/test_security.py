@@ -101,7 +101,6 @@ def test_every_part_works_under_the_documented_acl(log_dir: Path) -> None:
         url = f"redis://followup:{PASSWORD}@127.0.0.1:{server.port}/0"
         outputs = round_trip(url, log_dir, "acl", more=_retries_dead_letters_and_commands)
         assert all(PASSWORD not in text for text in outputs.values())
-        assert "NOPERM" not in outputs["listener"] + outputs["worker"], "a command the ACL does not grant"
         # CONFIG GET alone may be refused: the listener and `check` then look with probe keys.
         denied = [entry for entry in admin.execute_command("ACL", "LOG") if entry[b"object"] != b"config|get"]
         assert not denied, f"Redis denied the followup user: {denied}"
