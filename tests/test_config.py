@@ -481,6 +481,32 @@ def test_masked_redis_url():
     assert "cache:6379/0" in s.masked_redis_url
 
 
+@pytest.mark.parametrize(
+    ("url", "password", "expected"),
+    [
+        (
+            "redis://cache:6379/0?password=Qp@ss-Tail&socket_timeout=3",
+            "Qp@ss-Tail",
+            "redis://:Qp%40ss-Tail@cache:6379/0?socket_timeout=3",
+        ),
+        ("redis://@cache:6379/0?password=Qpw-1", "Qpw-1", "redis://:Qpw-1@cache:6379/0"),
+        ("redis://:@cache:6379/0?password=Qpw-1", "Qpw-1", "redis://:Qpw-1@cache:6379/0"),
+        ("redis://cache:6379/0?password=Qpw-first&password=Qpw-second", "Qpw-first", "redis://:Qpw-first@cache:6379/0"),
+        ("rediss://cache:6380/1?username=app&password=Qpw-2", "Qpw-2", "rediss://app:Qpw-2@cache:6380/1"),
+    ],
+)
+def test_a_query_password_moves_into_the_userinfo_and_is_never_shown(url, password, expected):
+    s = load(REDIS_URL=url)
+    assert s.redis_url == expected == s.broker_url
+    assert password in s.secrets()
+    assert password not in s.masked_redis_url and "Tail" not in s.masked_redis_url
+
+
+def test_a_unix_socket_password_stays_in_the_query_yet_is_masked():
+    s = load(REDIS_URL="unix:///run/redis.sock?db=0&password=Qpw-sock")
+    assert "Qpw-sock" in s.secrets() and "Qpw-sock" not in s.masked_redis_url
+
+
 def test_masked_redis_url_with_at_sign_in_password():
     s = load(REDIS_URL="redis://:Xk9v@Qz7Lm2w@cache:6379/0")
     assert "Xk9v@Qz7Lm2w" in s.secrets()  # the URL itself is accepted and its password known
