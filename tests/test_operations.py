@@ -54,18 +54,6 @@ def metric(text: str, name: str) -> float:
     return total
 
 
-def health(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*FOLLOWUP, "health", "--role", "listen"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 def test_listener_metrics_move_and_healthz_follows_redis(private_redis: RedisServer, log_dir: Path) -> None:
     url = private_redis.url()
     port = free_port()
@@ -75,7 +63,7 @@ def test_listener_metrics_move_and_healthz_follows_redis(private_redis: RedisSer
     try:
         base = f"http://127.0.0.1:{port}"
         assert get(f"{base}/healthz")[0] == 200
-        assert health(env).returncode == 0  # the image's HEALTHCHECK command
+        assert run_followup(env, "health", "--role", "listen").returncode == 0  # the image's HEALTHCHECK command
         client = redis.Redis.from_url(url)
         for n in range(5):
             client.set(f"m:{n}", "1", px=100)
@@ -98,7 +86,7 @@ def test_listener_metrics_move_and_healthz_follows_redis(private_redis: RedisSer
         private_redis.stop()
         wait_until(lambda: get(f"{base}/healthz")[0] == 503, 15, "/healthz to turn unhealthy")
         assert "not connected" in get(f"{base}/healthz")[1]
-        unhealthy = health(env)
+        unhealthy = run_followup(env, "health", "--role", "listen")
         assert unhealthy.returncode == 1 and "not connected" in unhealthy.stderr + unhealthy.stdout, unhealthy
         private_redis.start()
         wait_until(lambda: get(f"{base}/healthz")[0] == 200, 30, "/healthz to be healthy again")
@@ -167,16 +155,16 @@ def test_sigterm_on_a_worker_with_waiting_jobs_loses_none(private_redis: RedisSe
         receiver.stop()
 
 
-def run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_followup(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*FOLLOWUP, "check"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+        [*FOLLOWUP, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
 
 
 def test_check_passes_on_a_good_setup(private_redis: RedisServer) -> None:
     url = private_redis.url()
     redis.Redis.from_url(url).config_set("notify-keyspace-events", "Eg$xe")
-    result = run_check(base_env(url, "k:*=http://127.0.0.1:9/hook,j=|chan", FLOWER_BASIC_AUTH="admin:pw"))
+    result = run_followup(base_env(url, "k:*=http://127.0.0.1:9/hook,j=|chan", FLOWER_BASIC_AUTH="admin:pw"), "check")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert all(line.split()[0] in ("ok", "warn") for line in lines), lines
@@ -187,7 +175,7 @@ def test_check_passes_on_a_good_setup(private_redis: RedisServer) -> None:
 def test_check_fails_without_notify_flags_where_config_is_refused(log_dir: Path) -> None:
     server = RedisServer(args=("--rename-command", "CONFIG", "")).start()
     try:
-        result = run_check(base_env(server.url(), "k:*=http://127.0.0.1:9/hook"))
+        result = run_followup(base_env(server.url(), "k:*=http://127.0.0.1:9/hook"), "check")
         assert result.returncode == 1, result.stdout
         assert any(line.startswith("fail") and "notify-keyspace-events" in line for line in result.stdout.splitlines())
     finally:
@@ -203,7 +191,7 @@ def test_check_fails_without_notify_flags_where_only_config_set_is_refused(priva
     )
     try:
         url = f"redis://reader:pw-reader@127.0.0.1:{private_redis.port}/0"
-        result = run_check(base_env(url, "k:*=http://127.0.0.1:9/hook"))
+        result = run_followup(base_env(url, "k:*=http://127.0.0.1:9/hook"), "check")
         assert result.returncode == 1, result.stdout
         [line] = [line for line in result.stdout.splitlines() if "notify-keyspace-events" in line]
         assert line.startswith("fail") and "refuses CONFIG SET" in line, line
@@ -216,18 +204,10 @@ def test_check_resolves_the_hosts_of_the_rules_in_redis_not_only_the_environment
 ) -> None:
     url = private_redis.url()
     env = base_env(url, "k:*=http://127.0.0.1:9/hook")
-    made = subprocess.run(
-        [*FOLLOWUP, "rules", "set", "x:*", "http://no-such-host.invalid/hook"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    made = run_followup(env, "rules", "set", "x:*", "http://no-such-host.invalid/hook")
     try:
         assert made.returncode == 0, made.stdout + made.stderr
-        result = run_check(env)
+        result = run_followup(env, "check")
         assert result.returncode == 1, result.stdout
         assert any(line.startswith("fail") and "no-such-host.invalid" in line for line in result.stdout.splitlines())
     finally:
@@ -236,7 +216,7 @@ def test_check_resolves_the_hosts_of_the_rules_in_redis_not_only_the_environment
 
 def test_check_reports_unreachable_redis_and_unresolvable_host() -> None:
     env = base_env(f"redis://127.0.0.1:{free_port()}/0", "k:*=http://no-such-host.invalid/hook")
-    result = run_check(env)
+    result = run_followup(env, "check")
     assert result.returncode == 1
     text = result.stdout
     assert any(line.startswith("fail") and "redis" in line.lower() for line in text.splitlines()), text
