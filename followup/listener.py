@@ -317,9 +317,11 @@ class Listener:
             self._claimed_by_timer[claim.key] = None
         while len(self._claimed_by_timer) > CLAIMED_BY_TIMER_MAX:
             del self._claimed_by_timer[next(iter(self._claimed_by_timer))]
-        evicted = [key for key in result.gone if self._evicted.pop(key, False) is None]
+        evicted = {key for key in result.gone if key in self._evicted}
         if evicted:
-            self._fire(parse_claims(self._index.claim(evicted, unknown_too=False)), "timer")
+            for key in evicted:
+                del self._evicted[key]
+            self._fire(parse_claims(self._index.claim(list(evicted), unknown_too=False)), "timer")
         since = time.monotonic()
         for keys, kind in ((result.gone, "gone"), (result.moved, "moved")):
             for key in keys:
