@@ -16,6 +16,7 @@ Layout (in the watched database, beside the schedule index):
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +27,12 @@ from followup import scripts
 from followup.jobs import PREFIX, Job
 from followup.mapping import Mapping
 
+log = logging.getLogger("followup.feeder")
+
 READY_PREFIX = f"{PREFIX}ready:"
 LEASES = f"{PREFIX}leases"
 LEASED = f"{PREFIX}leased"
-# Workers wake on this channel when a list gets jobs (the message is the queue's name).
+# Workers wake on this channel when a list gets jobs (the message: the queue's name, or "reaped").
 WAKE_CHANNEL = f"{PREFIX}ready"
 # A worker renews its leases a few times per lease: a dead worker's jobs come back within this.
 LEASE_MS = 10_000
@@ -106,7 +109,18 @@ class ReadyQueue:
         if limit <= 0:
             return []
         raw = self._take(keys=[LEASES, LEASED, *map(ready_list, queues)], args=[limit, lease_ms])
-        return [ReadyJob.from_message(message) for message in raw]
+        taken, unreadable = [], []
+        for message in raw:
+            try:
+                taken.append(ReadyJob.from_message(message))
+            except (ValueError, KeyError, TypeError) as exc:
+                # No attempt can run it: left leased, the reaper would put it back for ever.
+                log.error("dropped a ready message that does not parse (%s): %r", exc, message[:500])
+                text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+                unreadable.append(text.split("\n", 1)[0])
+        if unreadable:
+            self.drop(unreadable)
+        return taken
 
     def renew(self, job_ids: Iterable[str], lease_ms: int = LEASE_MS) -> None:
         """Extend the leases of jobs this worker still runs (only those still leased)."""
@@ -123,5 +137,8 @@ class ReadyQueue:
             self._drop(keys=[LEASES, LEASED], args=list(job_ids[start : start + DROP_BATCH]))
 
     def reap(self, limit: int = 1000) -> int:
-        """Put jobs whose lease ran out back on their lists; returns how many."""
-        return int(self._reap(keys=[LEASES, LEASED], args=[READY_PREFIX, limit]))
+        """Put jobs whose lease ran out back on their lists, and wake the workers; returns how many."""
+        back = int(self._reap(keys=[LEASES, LEASED], args=[READY_PREFIX, limit]))
+        if back:
+            self._redis.publish(WAKE_CHANNEL, "reaped")
+        return back
