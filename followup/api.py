@@ -36,7 +36,7 @@ from followup.config import Settings
 from followup.connections import redis_client
 from followup.durations import parse_duration
 from followup.errors import ConfigError
-from followup.jobs import MAX_KEY_BYTES, DeadLetter, JobStore
+from followup.jobs import MAX_KEY_BYTES, DeadLetter, JobStore, check_key
 from followup.mapping import Rule, build_rule
 from followup.redaction import redact_userinfo
 from followup.rules import LiveRules, RuleStore
@@ -72,8 +72,7 @@ class ScheduleRequest(BaseModel):
     @field_validator("key")
     @classmethod
     def _key_fits(cls, key: str) -> str:
-        if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-            raise ValueError(f"a key of at most {MAX_KEY_BYTES} bytes in UTF-8")
+        check_key(key)
         return key
 
     @model_validator(mode="after")

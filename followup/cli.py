@@ -133,6 +133,7 @@ def flower(ctx: click.Context) -> None:
 def schedule(key: str, delay: str, payload: str | None) -> None:
     """Write KEY with a TTL and its index entry, so that its expiration triggers a follow-up."""
     from followup.connections import redis_client
+    from followup.jobs import check_key
     from followup.scheduling import schedule as schedule_key
 
     config = load_settings()
@@ -146,9 +147,10 @@ def schedule(key: str, delay: str, payload: str | None) -> None:
 
     client = redis_client(config.redis_url)
     try:
-        deadline = schedule_key(key, seconds, payload, client=client, payload_limit=config.payload_max_bytes)
+        check_key(key)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="KEY") from None
+    deadline = schedule_key(key, seconds, payload, client=client, payload_limit=config.payload_max_bytes)
     due = datetime.fromtimestamp(deadline / 1000, UTC)
     click.echo(f"scheduled {key!r}, due {due.isoformat(timespec='milliseconds')}")
     if current_mapping(client, config).match(key) is None:

@@ -25,6 +25,14 @@ DEAD_LETTERS = f"{PREFIX}dead"
 # A key travels in every webhook body, event and log line of its job: longer ones are refused
 # (by followup.schedule and the API) or ignored with a warning (by the listener).
 MAX_KEY_BYTES = 1024
+
+
+def check_key(key: str) -> None:
+    """Raise ValueError for a key longer than MAX_KEY_BYTES in UTF-8."""
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise ValueError(f"a key of at most {MAX_KEY_BYTES} bytes in UTF-8 (the listener ignores longer ones)")
+
+
 FINISHED_RETENTION_MIN = 600.0
 
 

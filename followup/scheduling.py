@@ -15,7 +15,7 @@ import redis
 from followup import scripts
 from followup.durations import parse_duration
 from followup.index import DUE, LIMBO, VALUES
-from followup.jobs import MAX_KEY_BYTES
+from followup.jobs import check_key
 from followup.payloads import DEFAULT_PAYLOAD_LIMIT, tag_value
 
 
@@ -35,8 +35,7 @@ def schedule(
     seconds = _seconds(delay)
     if seconds <= 0:
         raise ValueError(f"delay must be above 0, got {delay!r}")
-    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-        raise ValueError(f"key is longer than {MAX_KEY_BYTES} bytes: the listener would not follow it up")
+    check_key(key)
     value = _value(payload)
     client = client or _default_client()
     ttl_ms = max(1, round(seconds * 1000))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 import followup
 from followup.jobs import MAX_KEY_BYTES
 from tests.conftest import System
-from tests.harness import Reply, wait_until
+from tests.harness import FOLLOWUP, ROOT, Reply, wait_until
 from tests.test_end_to_end import unique
 
 
@@ -36,7 +38,7 @@ def test_a_mapped_key_not_utf8_or_too_long_is_ignored_with_a_warning(system: Sys
 
 
 def test_schedule_refuses_a_key_the_listener_would_ignore(system: System) -> None:
-    with pytest.raises(ValueError, match=f"longer than {MAX_KEY_BYTES} bytes"):
+    with pytest.raises(ValueError, match=f"at most {MAX_KEY_BYTES} bytes"):
         followup.schedule("t:" + "é" * MAX_KEY_BYTES, 60, client=system.redis)  # 2 bytes a character
     assert not system.redis.exists("t:" + "é" * MAX_KEY_BYTES)
 
@@ -48,3 +50,18 @@ def test_a_value_that_is_not_utf8_fires_without_its_payload_and_says_why(system:
     [call] = system.receiver.wait_calls(key, 1)
     assert call.body["payload"] is None
     assert "UTF-8" in call.body["payloadError"], call.body
+
+
+def test_the_schedule_command_refuses_such_a_key_with_exit_status_2(system: System) -> None:
+    key = "t:" + "x" * MAX_KEY_BYTES
+    done = subprocess.run(
+        [*FOLLOWUP, "schedule", key, "--in", "1m"],
+        env=system.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and f"at most {MAX_KEY_BYTES} bytes" in done.stderr, done.stderr
+    assert not system.redis.exists(key)
