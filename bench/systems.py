@@ -66,7 +66,23 @@ class CpuMeter:
         return self.used
 
 
-class FollowupSystem:
+class _PrivateRedisAndReceiver:
+    """What every system under test starts with: its own redis-server (optionally filled with
+    unrelated TTL keys) and the HTTP receiver."""
+
+    def __init__(self, name: str, background: int) -> None:
+        self.name = name
+        self.server = start_redis(name)
+        self.url = self.server.url()
+        self.redis = redis.Redis.from_url(self.url)
+        self.redis_pid = self.server.process.pid
+        if background:
+            progress(f"{name}: writing {background:,} unrelated keys with a 1-hour TTL")
+            populate_background(self.redis, background)
+        self.receiver = ReceiverProcess(self.server.port, name=f"{name}-receiver")
+
+
+class FollowupSystem(_PrivateRedisAndReceiver):
     """A private redis-server, the receiver, `followup worker`, `followup listen`, a success collector."""
 
     def __init__(
@@ -77,15 +93,7 @@ class FollowupSystem:
         listener: bool = True,
         **settings: str,
     ) -> None:
-        self.name = name
-        self.server = start_redis(name)
-        self.url = self.server.url()
-        self.redis = redis.Redis.from_url(self.url)
-        self.redis_pid = self.server.process.pid
-        if background:
-            progress(f"{name}: writing {background:,} unrelated keys with a 1-hour TTL")
-            populate_background(self.redis, background)
-        self.receiver = ReceiverProcess(self.server.port, name=f"{name}-receiver")
+        super().__init__(name, background)
         self.env = followup_env(self.url, f"due:*={self.receiver.url()}", **settings)
         progress(f"{name}: starting followup worker and listener")
         self.worker = start_worker(self.env, f"{name}-worker", *worker_args)
@@ -122,19 +130,11 @@ class FollowupSystem:
         self.server.stop()
 
 
-class CountdownSystem:
+class CountdownSystem(_PrivateRedisAndReceiver):
     """The baseline: a private redis-server, the receiver, a stock Celery prefork worker."""
 
     def __init__(self, name: str, background: int = 0, concurrency: int | None = None) -> None:
-        self.name = name
-        self.server = start_redis(name)
-        self.url = self.server.url()
-        self.redis = redis.Redis.from_url(self.url)
-        self.redis_pid = self.server.process.pid
-        if background:
-            progress(f"{name}: writing {background:,} unrelated keys with a 1-hour TTL")
-            populate_background(self.redis, background)
-        self.receiver = ReceiverProcess(self.server.port, name=f"{name}-receiver")
+        super().__init__(name, background)
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
