@@ -48,8 +48,8 @@ OUTBOX_ABANDONED_MS = 10_000
 PRUNE_MARGIN_MS = 1000
 # The longest the loop sleeps without a deadline: how soon it notices a hint from the scan.
 MAX_SLEEP = 1.0
-# Expired events the listener remembers it need not claim (see Listener._claimed_by_timer).
-CLAIMED_BY_TIMER_MAX = 100_000
+# Keys a listener remembers at most, in each of its notes (Listener._claimed_by_timer, _evicted).
+REMEMBERED_KEYS_MAX = 100_000
 SCAN_COUNT = 1000
 # Keys indexed per script call by the scan: short calls, so other clients of Redis are not held up.
 SCAN_INDEX_BATCH = 200
@@ -259,8 +259,7 @@ class Listener:
                 continue
             self._evicted.pop(key, None)
             kept.append((op, key))
-        while len(self._evicted) > CLAIMED_BY_TIMER_MAX:
-            del self._evicted[next(iter(self._evicted))]
+        _keep_newest(self._evicted, REMEMBERED_KEYS_MAX)
         return kept
 
     def _operations(self, messages: list[dict]) -> list[tuple[str, str]]:
@@ -315,8 +314,7 @@ class Listener:
         self._fire(result.claimed, "timer")
         for claim in result.claimed:
             self._claimed_by_timer[claim.key] = None
-        while len(self._claimed_by_timer) > CLAIMED_BY_TIMER_MAX:
-            del self._claimed_by_timer[next(iter(self._claimed_by_timer))]
+        _keep_newest(self._claimed_by_timer, REMEMBERED_KEYS_MAX)
         evicted = {key for key in result.gone if key in self._evicted}
         if evicted:
             for key in evicted:
@@ -478,6 +476,12 @@ class Listener:
             log.info("key %r expired: job %s queued (%s, %d ms after its deadline)", job.key, job.id, path, lateness)
             if job.payload_error:
                 log.warning("job %s carries no payload: %s", job.id, job.payload_error)
+
+
+def _keep_newest(notes: dict[str, None], most: int) -> None:
+    """Forget the oldest keys of an insertion-ordered note beyond `most`."""
+    while len(notes) > most:
+        del notes[next(iter(notes))]
 
 
 def _read_batch(pubsub: redis.client.PubSub, timeout: float) -> list[dict]:
